@@ -1,0 +1,117 @@
+//! The admin HTTP port: `/health` (alive), `/ready` (store reachable and not
+//! draining), `/metrics` (Prometheus text) and `/admin/services` (JSON).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::control::metrics::Metrics;
+use crate::control::registry::view::View;
+use crate::control::shutdown::Drain;
+
+/// What the admin endpoints read.
+pub struct Admin {
+    /// Metrics to render.
+    pub metrics: Arc<Metrics>,
+    /// The registry view.
+    pub view: Arc<View>,
+    /// `Err(reason)` when the store cannot take writes.
+    pub store_ready: Box<dyn Fn() -> Result<(), String> + Send + Sync>,
+    /// Draining makes `/ready` fail.
+    pub drain: Drain,
+}
+
+impl std::fmt::Debug for Admin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admin").finish_non_exhaustive()
+    }
+}
+
+impl Admin {
+    fn ready(&self) -> Result<(), String> {
+        if self.drain.is_draining() {
+            return Err("draining".into());
+        }
+        (self.store_ready)()
+    }
+
+    fn handle(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into());
+        }
+        match req.uri().path() {
+            "/health" => text(StatusCode::OK, "ok\n".into()),
+            "/ready" => match self.ready() {
+                Ok(()) => text(StatusCode::OK, "ready\n".into()),
+                Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+            },
+            "/metrics" => {
+                let body = self.metrics.render(&self.view, (self.store_ready)().is_ok());
+                let mut r = text(StatusCode::OK, body);
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+                );
+                r
+            }
+            "/admin/services" => {
+                let snap = self.view.snapshot();
+                let mut services = serde_json::Map::new();
+                for i in snap.instances {
+                    let entry = services.entry(i.service.clone()).or_insert_with(|| serde_json::json!([]));
+                    if let (Some(list), Ok(v)) = (entry.as_array_mut(), serde_json::to_value(&i)) {
+                        list.push(v);
+                    }
+                }
+                let body = serde_json::json!({ "epoch": snap.epoch, "revision": snap.revision, "services": services });
+                let mut r = text(StatusCode::OK, format!("{body:#}\n"));
+                r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+                r
+            }
+            _ => text(StatusCode::NOT_FOUND, "not found: try /health, /ready, /metrics, /admin/services\n".into()),
+        }
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+/// Serves the admin port until `stop` resolves.
+pub async fn serve(listener: TcpListener, admin: Arc<Admin>, stop: impl std::future::Future<Output = ()>) {
+    tokio::pin!(stop);
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = &mut stop => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let r = admin.handle(&req);
+                async move { Ok::<_, Infallible>(r) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), svc);
+            let _ = conn.await;
+        });
+    }
+}

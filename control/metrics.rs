@@ -1,0 +1,137 @@
+//! Prometheus metrics of the control service, served as text on `/metrics`.
+//!
+//! Counters and histograms are updated on the request path; gauges that
+//! describe the registry (instances per service, watchers, revision) are
+//! computed from the view when `/metrics` is scraped.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::control::registry::view::View;
+
+/// Labels of per-RPC metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RpcLabels {
+    /// gRPC method, e.g. `Register`.
+    pub method: &'static str,
+    /// gRPC status code name, e.g. `OK`, `NOT_FOUND`.
+    pub code: &'static str,
+}
+
+/// Labels of the per-method latency histogram.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    /// gRPC method.
+    pub method: &'static str,
+}
+
+/// Labels of store errors.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreErrorLabels {
+    /// Operation, e.g. `register`.
+    pub op: &'static str,
+    /// `unavailable`, `not_found`, `internal`.
+    pub kind: &'static str,
+}
+
+/// Labels of per-service gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    /// Service name.
+    pub service: String,
+}
+
+/// Every metric of the control service.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    rpcs: Family<RpcLabels, Counter>,
+    rpc_seconds: Family<MethodLabels, Histogram>,
+    store_errors: Family<StoreErrorLabels, Counter>,
+    instances: Family<ServiceLabels, Gauge>,
+    watchers: Gauge,
+    revision: Gauge,
+    store_up: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("redfire_control");
+        let rpcs = Family::<RpcLabels, Counter>::default();
+        let rpc_seconds = Family::<MethodLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_1, 2.0, 18))
+        });
+        let store_errors = Family::<StoreErrorLabels, Counter>::default();
+        let instances = Family::<ServiceLabels, Gauge>::default();
+        let (watchers, revision, store_up) = (Gauge::default(), Gauge::default(), Gauge::default());
+        registry.register("rpc_requests", "gRPC requests by method and status code", rpcs.clone());
+        registry.register("rpc_duration_seconds", "gRPC unary latency by method", rpc_seconds.clone());
+        registry.register("store_errors", "registry store errors by operation", store_errors.clone());
+        registry.register("registry_instances", "registered instances per service", instances.clone());
+        registry.register("registry_watchers", "open Watch streams", watchers.clone());
+        registry.register("registry_revision", "current registry revision", revision.clone());
+        registry.register("store_up", "1 when the registry store takes writes", store_up.clone());
+        Metrics { registry, rpcs, rpc_seconds, store_errors, instances, watchers, revision, store_up }
+    }
+}
+
+impl Metrics {
+    /// Records one finished RPC.
+    pub fn rpc(&self, method: &'static str, code: tonic::Code, elapsed: Option<Duration>) {
+        self.rpcs.get_or_create(&RpcLabels { method, code: code_name(code) }).inc();
+        if let Some(d) = elapsed {
+            self.rpc_seconds.get_or_create(&MethodLabels { method }).observe(d.as_secs_f64());
+        }
+    }
+
+    /// Records one store error.
+    pub fn store_error(&self, op: &'static str, kind: &'static str) {
+        self.store_errors.get_or_create(&StoreErrorLabels { op, kind }).inc();
+    }
+
+    /// Prometheus text, with the registry gauges refreshed from `view`.
+    pub fn render(&self, view: &View, store_up: bool) -> String {
+        let snap = view.snapshot();
+        self.instances.clear();
+        for i in &snap.instances {
+            self.instances.get_or_create(&ServiceLabels { service: i.service.clone() }).inc();
+        }
+        self.watchers.set(view.watchers() as i64);
+        self.revision.set(snap.revision as i64);
+        self.store_up.set(i64::from(store_up));
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// The canonical name of a gRPC code, as in the gRPC spec.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}

@@ -1,0 +1,10 @@
+//! The control service: a small stateless service over a store (in-memory or
+//! Redis) that serves the service registry. See ARCHITECTURE.md for the flow.
+
+pub mod admin;
+pub mod config;
+pub mod metrics;
+pub mod registry;
+pub mod server;
+pub mod shutdown;
+pub mod telemetry;

@@ -1,0 +1,177 @@
+//! Assembles the control process: store, gRPC server (registry, health,
+//! reflection), admin port and the drain sequence.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::ServingStatus;
+
+use crate::control::admin::{self, Admin};
+use crate::control::config::{Config, StoreKind};
+use crate::control::metrics::Metrics;
+use crate::control::registry::memory::MemoryStore;
+use crate::control::registry::redis::{RedisConfig, RedisStore};
+use crate::control::registry::service::{LeasePolicy, RegistryService};
+use crate::control::registry::store::RegistryStore;
+use crate::control::shutdown::Drain;
+use crate::control::telemetry;
+use crate::proto::registry::v1::registry_server::RegistryServer;
+
+/// The control service failed to start or to run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A listen address could not be bound.
+    #[error("bind {what} {addr}: {source}")]
+    Bind {
+        /// `grpc_addr` or `admin_addr`.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The store could not be set up.
+    #[error("store: {0}")]
+    Store(String),
+    /// The gRPC server failed.
+    #[error("grpc server: {0}")]
+    Grpc(String),
+}
+
+/// A running control service.
+#[derive(Debug)]
+pub struct Control {
+    /// Where the gRPC API listens.
+    pub grpc_addr: SocketAddr,
+    /// Where the admin port listens.
+    pub admin_addr: SocketAddr,
+    drain: Drain,
+    task: JoinHandle<Result<(), ServerError>>,
+}
+
+impl Control {
+    /// Binds both ports (port 0 picks free ones) and starts serving.
+    pub async fn start(config: Config) -> Result<Control, ServerError> {
+        let grpc = TcpListener::bind(config.grpc_addr)
+            .await
+            .map_err(|source| ServerError::Bind { what: "grpc_addr", addr: config.grpc_addr, source })?;
+        let admin = TcpListener::bind(config.admin_addr)
+            .await
+            .map_err(|source| ServerError::Bind { what: "admin_addr", addr: config.admin_addr, source })?;
+        let grpc_addr = grpc.local_addr().map_err(|e| ServerError::Grpc(e.to_string()))?;
+        let admin_addr = admin.local_addr().map_err(|e| ServerError::Grpc(e.to_string()))?;
+        let drain = Drain::default();
+        let task = match config.store {
+            StoreKind::Memory => {
+                let store = MemoryStore::new(config.watch_history, config.sweep_interval);
+                tokio::spawn(serve(Arc::new(store), grpc, admin, config, drain.clone()))
+            }
+            StoreKind::Redis => {
+                let store = RedisStore::new(RedisConfig {
+                    url: config.redis_url.clone(),
+                    prefix: config.redis_prefix.clone(),
+                    timeout: config.redis_timeout,
+                    sweep: config.sweep_interval,
+                    history: config.watch_history,
+                    outage_grace_after: config.outage_grace_after,
+                })
+                .map_err(ServerError::Store)?;
+                // Serve at once even if Redis is down (not ready until it is
+                // reachable); give a reachable Redis a moment so a fresh
+                // replica starts with the registry already loaded.
+                store.wait_synced(config.redis_timeout).await;
+                tokio::spawn(serve(Arc::new(store), grpc, admin, config, drain.clone()))
+            }
+        };
+        tracing::info!(%grpc_addr, %admin_addr, "redfire-control serving");
+        Ok(Control { grpc_addr, admin_addr, drain, task })
+    }
+
+    /// Starts draining (as SIGTERM does); [`Control::wait`] returns when done.
+    pub fn shutdown(&self) {
+        self.drain.start();
+    }
+
+    /// Waits until the service has stopped.
+    pub async fn wait(self) -> Result<(), ServerError> {
+        self.task.await.map_err(|e| ServerError::Grpc(e.to_string()))?
+    }
+}
+
+async fn serve<S: RegistryStore>(
+    store: Arc<S>,
+    grpc: TcpListener,
+    admin_listener: TcpListener,
+    config: Config,
+    drain: Drain,
+) -> Result<(), ServerError> {
+    let metrics = Arc::new(Metrics::default());
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<RegistryServer<RegistryService<S>>>().await;
+    health.set_service_status("", ServingStatus::Serving).await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServerError::Grpc(e.to_string()))?;
+    let leases = LeasePolicy {
+        default_ttl: config.lease_ttl,
+        min_ttl: config.lease_ttl_min,
+        max_ttl: config.lease_ttl_max,
+    };
+    let registry = RegistryService::new(store.clone(), metrics.clone(), leases, drain.subscribe());
+
+    let admin = Arc::new(Admin {
+        metrics,
+        view: store.view().clone(),
+        store_ready: Box::new({
+            let store = store.clone();
+            move || store.ready()
+        }),
+        drain: drain.clone(),
+    });
+    let (admin_stop_tx, admin_stop) = tokio::sync::oneshot::channel::<()>();
+    let admin_task = tokio::spawn(admin::serve(admin_listener, admin, async {
+        let _ = admin_stop.await;
+    }));
+
+    // Drain: mark NOT_SERVING first so health-checking clients move away,
+    // then stop accepting; streams end on the same flag.
+    let stop_accepting = {
+        let drain = drain.clone();
+        let health = health.clone();
+        async move {
+            drain.started().await;
+            tracing::info!(grace = ?config.shutdown_grace, "draining");
+            health.set_not_serving::<RegistryServer<RegistryService<S>>>().await;
+            health.set_service_status("", ServingStatus::NotServing).await;
+        }
+    };
+    let server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .trace_fn(telemetry::request_span)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(RegistryServer::new(registry))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stop_accepting);
+    let grace = async {
+        drain.started().await;
+        tokio::time::sleep(config.shutdown_grace).await;
+    };
+    let result = tokio::select! {
+        r = server => r.map_err(|e| ServerError::Grpc(e.to_string())),
+        _ = grace => {
+            tracing::warn!("grace period over; closing the remaining connections");
+            Ok(())
+        }
+    };
+    store.close();
+    let _ = admin_stop_tx.send(());
+    let _ = admin_task.await;
+    tracing::info!("stopped");
+    result
+}

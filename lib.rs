@@ -1,0 +1,23 @@
+//! RedFire Mesh: a gRPC-first service mesh.
+//!
+//! - [`control`] — the control service (`redfire-control`): service registry
+//!   with leases and watch streams, over an in-memory or Redis store.
+//! - [`proto`] — the generated gRPC API (`proto/`), kept at the edge: the
+//!   control code converts it into domain types at the API boundary.
+
+pub mod control;
+
+/// Generated protobuf and gRPC code, one module per versioned package.
+#[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
+pub mod proto {
+    /// `redfire.registry.v1`
+    pub mod registry {
+        /// `redfire.registry.v1`
+        pub mod v1 {
+            tonic::include_proto!("redfire.registry.v1");
+        }
+    }
+
+    /// Every compiled `.proto` as a `FileDescriptorSet`, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("redfire_descriptor");
+}

@@ -1,0 +1,264 @@
+//! Shared helpers of the integration tests: real control servers on port 0,
+//! real Redis (the machine's, under a per-test key prefix, or a test's own
+//! `redis-server` when the test kills it), and bounded waits.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use redfire::control::config::{Config, Settings};
+use redfire::control::server::Control;
+use redfire::proto::registry::v1 as pb;
+use redfire::proto::registry::v1::registry_client::RegistryClient;
+use tonic::transport::Channel;
+
+/// Set by `.ci/run`: tests that need Redis fail instead of skipping.
+pub const REQUIRE_REDIS: &str = "REDFIRE_REQUIRE_REDIS";
+
+/// The shared Redis for tests that do not kill it, or `None` (with a loud
+/// message) when it is unreachable outside CI.
+pub fn shared_redis() -> Option<String> {
+    let url = std::env::var("REDFIRE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    if ping(&url) {
+        return Some(url);
+    }
+    if std::env::var_os(REQUIRE_REDIS).is_some() {
+        panic!("{REQUIRE_REDIS} is set but Redis at {url} does not answer PING");
+    }
+    eprintln!("\n*** SKIPPING: Redis at {url} does not answer; set {REQUIRE_REDIS}=1 to make this a failure ***\n");
+    None
+}
+
+fn ping(url: &str) -> bool {
+    redis::Client::open(url)
+        .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(500)))
+        .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+        .is_ok()
+}
+
+/// A key prefix no other test uses.
+pub fn unique_prefix(test: &str) -> String {
+    format!("test-{test}-{:08x}", fastrand::u32(..))
+}
+
+/// True when `redis-server` can be started by a test.
+pub fn have_redis_server() -> bool {
+    let ok = Command::new("redis-server").arg("--version").stdout(Stdio::null()).status().is_ok();
+    if !ok {
+        if std::env::var_os(REQUIRE_REDIS).is_some() {
+            panic!("{REQUIRE_REDIS} is set but redis-server is not installed");
+        }
+        eprintln!("\n*** SKIPPING: redis-server is not installed ***\n");
+    }
+    ok
+}
+
+/// A test's own redis-server on a free port, no persistence; killed on drop.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        let port = free_port();
+        let mut s = RedisServer { port, child: None };
+        s.spawn();
+        s
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        for _ in 0..100 {
+            if ping(&self.url()) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server on port {} did not answer", self.port);
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// A fresh, empty redis-server on the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Settings for a control on free ports.
+pub fn settings() -> Settings {
+    Settings {
+        grpc_addr: Some("127.0.0.1:0".into()),
+        admin_addr: Some("127.0.0.1:0".into()),
+        log_level: Some("warn".into()),
+        ..Default::default()
+    }
+}
+
+/// Settings for a control on Redis under `prefix`.
+pub fn redis_settings(url: &str, prefix: &str) -> Settings {
+    Settings {
+        store: Some("redis".into()),
+        redis_url: Some(url.into()),
+        redis_prefix: Some(prefix.into()),
+        redis_timeout: Some("500ms".into()),
+        ..settings()
+    }
+}
+
+/// Starts a control in this process.
+pub async fn control(settings: Settings) -> Control {
+    Control::start(Config::from_settings(settings).expect("valid settings")).await.expect("control starts")
+}
+
+/// A gRPC client of `addr`.
+pub async fn client(addr: SocketAddr) -> RegistryClient<Channel> {
+    let ch = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .expect("connect to control");
+    RegistryClient::new(ch)
+}
+
+/// A valid instance.
+pub fn instance(service: &str, id: &str) -> pb::Instance {
+    pb::Instance {
+        service: service.into(),
+        instance_id: id.into(),
+        address: "127.0.0.1".into(),
+        ports: Some(pb::Ports { grpc: Some(9000), http: None, admin: None }),
+        ..Default::default()
+    }
+}
+
+/// Registers `instance` with `ttl_ms` (0 = default); returns the lease.
+pub async fn register(c: &mut RegistryClient<Channel>, instance: pb::Instance, ttl_ms: u32) -> pb::RegisterResponse {
+    c.register(pb::RegisterRequest { instance: Some(instance), ttl_ms }).await.expect("register").into_inner()
+}
+
+/// A Watch stream.
+pub struct Watcher {
+    pub stream: tonic::Streaming<pb::WatchResponse>,
+    pub epoch: String,
+    pub revision: u64,
+}
+
+impl Watcher {
+    pub async fn open(c: &mut RegistryClient<Channel>, req: pb::WatchRequest) -> Watcher {
+        let stream = c.watch(req).await.expect("watch").into_inner();
+        Watcher { stream, epoch: String::new(), revision: 0 }
+    }
+
+    /// The next message, within `limit`.
+    pub async fn next(&mut self, limit: Duration) -> Option<pb::WatchResponse> {
+        match tokio::time::timeout(limit, self.stream.message()).await {
+            Ok(Ok(Some(m))) => {
+                self.epoch = m.epoch.clone();
+                self.revision = m.revision;
+                Some(m)
+            }
+            _ => None,
+        }
+    }
+
+    /// The next change (skipping nothing: panics on a snapshot).
+    pub async fn change(&mut self, limit: Duration) -> pb::Change {
+        match self.next(limit).await.map(|m| m.event) {
+            Some(Some(pb::watch_response::Event::Change(c))) => c,
+            other => panic!("expected a change within {limit:?}, got {other:?}"),
+        }
+    }
+
+    /// The next snapshot.
+    pub async fn snapshot(&mut self, limit: Duration) -> pb::Snapshot {
+        match self.next(limit).await.map(|m| m.event) {
+            Some(Some(pb::watch_response::Event::Snapshot(s))) => s,
+            other => panic!("expected a snapshot within {limit:?}, got {other:?}"),
+        }
+    }
+
+    /// No message arrives within `limit`.
+    pub async fn quiet(&mut self, limit: Duration) {
+        if let Ok(Ok(Some(m))) = tokio::time::timeout(limit, self.stream.message()).await {
+            panic!("expected no message, got {m:?}");
+        }
+    }
+}
+
+pub fn key(c: &pb::Change) -> String {
+    let i = c.instance.as_ref().expect("change has an instance");
+    format!("{}/{}", i.service, i.instance_id)
+}
+
+pub fn is_put(c: &pb::Change) -> bool {
+    c.r#type == pb::ChangeType::Put as i32
+}
+
+pub fn is_delete(c: &pb::Change) -> bool {
+    c.r#type == pb::ChangeType::Delete as i32
+}
+
+/// Polls `check` every 20 ms until it is true or `limit` passes.
+pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// GET on an admin port: (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect admin");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await.expect("admin answers").unwrap();
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
