@@ -109,6 +109,7 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, stop: impl std::fut
                 async move { Ok::<_, Infallible>(r) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(std::time::Duration::from_secs(10))
                 .serve_connection(TokioIo::new(stream), svc);
             let _ = conn.await;

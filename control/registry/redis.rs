@@ -170,6 +170,21 @@ impl Inner {
         Err(StoreError::Unavailable(format!("registry store unavailable ({reason}); retry later")))
     }
 
+    /// Makes the shared write connection reconnect now (after an outage its
+    /// old socket is dead) so the first write after Redis returns succeeds.
+    async fn warm_writer(&self) -> Result<(), String> {
+        let mut last = String::new();
+        for _ in 0..3 {
+            let mut conn = self.conn.clone();
+            match tokio::time::timeout(self.config.timeout, redis::cmd("PING").query_async::<String>(&mut conn)).await {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(e)) => last = e.to_string(),
+                Err(_) => last = "timed out".into(),
+            }
+        }
+        Err(format!("write connection: {last}"))
+    }
+
     /// Runs a script with the store's deadline; errors become UNAVAILABLE.
     async fn run<T: redis::FromRedisValue>(&self, inv: ScriptInvocation<'_>) -> Result<T, StoreError> {
         let mut conn = self.conn.clone();
@@ -286,6 +301,7 @@ async fn tail(inner: Arc<Inner>, synced: watch::Sender<bool>) {
                 .await
                 .map_err(|e| format!("connect: {e}"))?;
             sync(&inner, &mut conn, &mut last_id).await?;
+            inner.warm_writer().await?;
             inner.set_up();
             synced.send_replace(true);
             follow(&inner, &mut conn, &mut last_id).await

@@ -6,9 +6,9 @@
 local now = now_ms()
 local last = tonumber(redis.call('GET', K_SWEPT) or '0')
 redis.call('SET', K_SWEPT, now)
-if last > 0 and now - last > tonumber(ARGV[1]) then
-  -- No replica swept for a while: every replica was cut off from Redis (or
-  -- down), so no instance could renew. Give each lease a fresh TTL from now
+if last == 0 or now - last > tonumber(ARGV[1]) then
+  -- No replica swept for a while (or none ever did on this data): every
+  -- replica was cut off from Redis (or down), so no instance could renew. Give each lease a fresh TTL from now
   -- instead of expiring everything at once.
   local all = redis.call('ZRANGE', K_EXP, 0, -1, 'WITHSCORES')
   for i = 1, #all, 2 do
