@@ -147,8 +147,21 @@ impl Settings {
             ($($f:ident),*) => { Settings { $($f: self.$f.or(other.$f)),* } };
         }
         pick!(
-            grpc_addr, admin_addr, store, redis_url, redis_prefix, redis_timeout, lease_ttl, lease_ttl_min,
-            lease_ttl_max, sweep_interval, watch_history, outage_grace_after, shutdown_grace, log_format, log_level
+            grpc_addr,
+            admin_addr,
+            store,
+            redis_url,
+            redis_prefix,
+            redis_timeout,
+            lease_ttl,
+            lease_ttl_min,
+            lease_ttl_max,
+            sweep_interval,
+            watch_history,
+            outage_grace_after,
+            shutdown_grace,
+            log_format,
+            log_level
         )
     }
 
@@ -156,7 +169,7 @@ impl Settings {
     pub fn from_file(path: &Path) -> Result<Settings, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| err("config", format!("{}: {e}", path.display())))?;
         toml::from_str(&text).map_err(|e| {
-            let line = e.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+            let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
             let at = line.map(|l| format!(" line {l}:")).unwrap_or_default();
             err("config", format!("{}:{at} {}", path.display(), e.message().replace('\n', " ")))
         })

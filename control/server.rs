@@ -55,12 +55,16 @@ pub struct Control {
 impl Control {
     /// Binds both ports (port 0 picks free ones) and starts serving.
     pub async fn start(config: Config) -> Result<Control, ServerError> {
-        let grpc = TcpListener::bind(config.grpc_addr)
-            .await
-            .map_err(|source| ServerError::Bind { what: "grpc_addr", addr: config.grpc_addr, source })?;
-        let admin = TcpListener::bind(config.admin_addr)
-            .await
-            .map_err(|source| ServerError::Bind { what: "admin_addr", addr: config.admin_addr, source })?;
+        let grpc = TcpListener::bind(config.grpc_addr).await.map_err(|source| ServerError::Bind {
+            what: "grpc_addr",
+            addr: config.grpc_addr,
+            source,
+        })?;
+        let admin = TcpListener::bind(config.admin_addr).await.map_err(|source| ServerError::Bind {
+            what: "admin_addr",
+            addr: config.admin_addr,
+            source,
+        })?;
         let grpc_addr = grpc.local_addr().map_err(|e| ServerError::Grpc(e.to_string()))?;
         let admin_addr = admin.local_addr().map_err(|e| ServerError::Grpc(e.to_string()))?;
         let drain = Drain::default();
@@ -117,11 +121,8 @@ async fn serve<S: RegistryStore>(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| ServerError::Grpc(e.to_string()))?;
-    let leases = LeasePolicy {
-        default_ttl: config.lease_ttl,
-        min_ttl: config.lease_ttl_min,
-        max_ttl: config.lease_ttl_max,
-    };
+    let leases =
+        LeasePolicy { default_ttl: config.lease_ttl, min_ttl: config.lease_ttl_min, max_ttl: config.lease_ttl_max };
     let registry = RegistryService::new(store.clone(), metrics.clone(), leases, drain.subscribe());
 
     let admin = Arc::new(Admin {

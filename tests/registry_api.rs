@@ -129,11 +129,9 @@ async fn watch_resume_has_no_gap_no_duplicate_and_resets_when_history_is_gone() 
 
     register(&mut c, instance("orders", "b"), 0).await;
     register(&mut c, instance("orders", "c"), 0).await;
-    let mut w = Watcher::open(&mut c, pb::WatchRequest { epoch: epoch.clone(), revision: seen, ..Default::default() }).await;
-    let got: Vec<(String, u64)> = vec![
-        (key(&w.change(T).await), w.revision),
-        (key(&w.change(T).await), w.revision),
-    ];
+    let mut w =
+        Watcher::open(&mut c, pb::WatchRequest { epoch: epoch.clone(), revision: seen, ..Default::default() }).await;
+    let got: Vec<(String, u64)> = vec![(key(&w.change(T).await), w.revision), (key(&w.change(T).await), w.revision)];
     assert_eq!(got, vec![("orders/b".into(), seen + 1), ("orders/c".into(), seen + 2)]);
     w.quiet(Duration::from_millis(200)).await;
 
@@ -141,14 +139,16 @@ async fn watch_resume_has_no_gap_no_duplicate_and_resets_when_history_is_gone() 
     for id in ["d", "e", "f", "g", "h"] {
         register(&mut c, instance("orders", id), 0).await;
     }
-    let mut w = Watcher::open(&mut c, pb::WatchRequest { epoch: epoch.clone(), revision: seen, ..Default::default() }).await;
+    let mut w =
+        Watcher::open(&mut c, pb::WatchRequest { epoch: epoch.clone(), revision: seen, ..Default::default() }).await;
     let snap = w.snapshot(T).await;
     assert!(snap.reset, "history gone: reset");
     assert_eq!(snap.instances.len(), 8);
 
     // Another epoch (a replaced store) is a reset too.
     let mut w =
-        Watcher::open(&mut c, pb::WatchRequest { epoch: "0123456789abcdef".into(), revision: 1, ..Default::default() }).await;
+        Watcher::open(&mut c, pb::WatchRequest { epoch: "0123456789abcdef".into(), revision: 1, ..Default::default() })
+            .await;
     assert!(w.snapshot(T).await.reset);
     ctl.shutdown();
 }
@@ -207,7 +207,8 @@ async fn bad_input_gets_its_status_code_and_a_message() {
     assert!(e.code() == Code::InvalidArgument && e.message().contains("malformed"), "{e:?}");
     let mut w = Watcher::open(&mut c, pb::WatchRequest::default()).await;
     w.snapshot(T).await;
-    let e = watch_err(pb::WatchRequest { epoch: w.epoch.clone(), revision: w.revision + 100, ..Default::default() }).await;
+    let e =
+        watch_err(pb::WatchRequest { epoch: w.epoch.clone(), revision: w.revision + 100, ..Default::default() }).await;
     assert!(e.code() == Code::InvalidArgument && e.message().contains("ahead of the registry"), "{e:?}");
 
     // None of that hurt anyone: a good request still works.
@@ -222,7 +223,8 @@ async fn health_reflection_and_admin_endpoints_answer() {
     let mut c = client(ctl.grpc_addr).await;
     register(&mut c, instance("orders", "a"), 0).await;
 
-    let ch = tonic::transport::Channel::from_shared(format!("http://{}", ctl.grpc_addr)).unwrap().connect().await.unwrap();
+    let ch =
+        tonic::transport::Channel::from_shared(format!("http://{}", ctl.grpc_addr)).unwrap().connect().await.unwrap();
     let mut health = tonic_health::pb::health_client::HealthClient::new(ch.clone());
     let r = health
         .check(tonic_health::pb::HealthCheckRequest { service: "redfire.registry.v1.Registry".into() })
@@ -233,7 +235,10 @@ async fn health_reflection_and_admin_endpoints_answer() {
 
     let mut refl = tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(ch);
     use tonic_reflection::pb::v1::{ServerReflectionRequest, server_reflection_request::MessageRequest};
-    let req = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
     let mut resp = refl.server_reflection_info(tokio_stream::iter(vec![req])).await.unwrap().into_inner();
     let msg = format!("{:?}", resp.message().await.unwrap().unwrap());
     assert!(msg.contains("redfire.registry.v1.Registry") && msg.contains("grpc.health.v1.Health"), "{msg}");

@@ -68,7 +68,10 @@ async fn lease_expiry_happens_once_across_replicas_and_after_one_dies() {
 }
 
 /// Renews `lease` every 300 ms, ignoring failures (as a sidecar would retry).
-fn keep_renewing(c: &pb::registry_client::RegistryClient<tonic::transport::Channel>, lease: u64) -> tokio::task::JoinHandle<()> {
+fn keep_renewing(
+    c: &pb::registry_client::RegistryClient<tonic::transport::Channel>,
+    lease: u64,
+) -> tokio::task::JoinHandle<()> {
     let mut c = c.clone();
     tokio::spawn(async move {
         loop {
@@ -105,7 +108,8 @@ async fn redis_killed_and_restarted_empty_loses_nothing() {
     assert_eq!(got.instances.len(), 2);
     // Writes fail cleanly and fast.
     let started = std::time::Instant::now();
-    let e = ca.register(pb::RegisterRequest { instance: Some(instance("orders", "new")), ttl_ms: 0 }).await.unwrap_err();
+    let e =
+        ca.register(pb::RegisterRequest { instance: Some(instance("orders", "new")), ttl_ms: 0 }).await.unwrap_err();
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
     assert!(started.elapsed() < Duration::from_secs(2), "no hang: {:?}", started.elapsed());
     tokio::time::sleep(Duration::from_secs(1)).await;

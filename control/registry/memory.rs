@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::model::{Health, Instance};
-use super::store::{Abort, RegistryStore, Registered, Renewed, StoreError, new_lease_id, unix_ms};
+use super::store::{Abort, Registered, RegistryStore, Renewed, StoreError, new_lease_id, unix_ms};
 use super::view::{Change, DeleteReason, View, new_epoch};
 
 #[derive(Debug)]

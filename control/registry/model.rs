@@ -262,20 +262,14 @@ fn validate_address(addr: &str) -> Result<(), String> {
         && addr
             .split('.')
             .all(|l| !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
-    if host_ok {
-        Ok(())
-    } else {
-        Err(format!("address: {addr:?} is neither an IP address nor a host name"))
-    }
+    if host_ok { Ok(()) } else { Err(format!("address: {addr:?} is neither an IP address nor a host name")) }
 }
 
 fn port(field: &str, value: Option<u32>) -> Result<Option<u16>, String> {
     match value {
         None => Ok(None),
         Some(0) => Err(format!("{field}: 0 is not a valid port (1..65535)")),
-        Some(p) => u16::try_from(p)
-            .map(Some)
-            .map_err(|_| format!("{field}: {p} is not a valid port (1..65535)")),
+        Some(p) => u16::try_from(p).map(Some).map_err(|_| format!("{field}: {p} is not a valid port (1..65535)")),
     }
 }
 

@@ -32,7 +32,7 @@ use tokio::sync::watch;
 
 use super::memory::unknown_lease;
 use super::model::{Health, Instance};
-use super::store::{Abort, RegistryStore, Registered, Renewed, StoreError, new_lease_id, unix_ms};
+use super::store::{Abort, Registered, RegistryStore, Renewed, StoreError, new_lease_id, unix_ms};
 use super::view::{Change, DeleteReason, View, new_epoch};
 
 /// Settings of the Redis store.
@@ -107,8 +107,8 @@ impl RedisStore {
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), mgr_config)
             .map_err(|e| format!("redis_url: {e}"))?;
         let tag = format!("{{{}:reg}}", config.prefix);
-        let keys = ["rev", "epoch", "inst", "health", "lease", "lease_exp", "changes", "swept"]
-            .map(|k| format!("{tag}:{k}"));
+        let keys =
+            ["rev", "epoch", "inst", "health", "lease", "lease_exp", "changes", "swept"].map(|k| format!("{tag}:{k}"));
         let inner = Arc::new(Inner {
             view: View::new(new_epoch(), config.history),
             client,
@@ -126,10 +126,8 @@ impl RedisStore {
             down_reason: Mutex::new("not yet synchronised with redis".into()),
         });
         let (synced_tx, synced) = watch::channel(false);
-        let tasks = vec![
-            Abort(tokio::spawn(tail(inner.clone(), synced_tx))),
-            Abort(tokio::spawn(sweep(inner.clone()))),
-        ];
+        let tasks =
+            vec![Abort(tokio::spawn(tail(inner.clone(), synced_tx))), Abort(tokio::spawn(sweep(inner.clone())))];
         Ok(RedisStore { inner, tasks, synced })
     }
 
@@ -191,10 +189,9 @@ impl Inner {
         match tokio::time::timeout(self.config.timeout, inv.invoke_async(&mut conn)).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(StoreError::Unavailable(format!("registry store error: {e}"))),
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "registry store did not answer within {:?}",
-                self.config.timeout
-            ))),
+            Err(_) => {
+                Err(StoreError::Unavailable(format!("registry store did not answer within {:?}", self.config.timeout)))
+            }
         }
     }
 
@@ -238,9 +235,7 @@ impl RegistryStore for RedisStore {
         let inner = &self.inner;
         inner.check_up()?;
         let mut inv = inner.invoke(&inner.scripts.keepalive);
-        inv.arg(lease_id.to_string())
-            .arg(health.map(Health::as_str).unwrap_or(""))
-            .arg(inner.config.history);
+        inv.arg(lease_id.to_string()).arg(health.map(Health::as_str).unwrap_or("")).arg(inner.config.history);
         let (found, ttl_ms, _expires, epoch, revision): (u8, u64, u64, String, u64) = inner.run(inv).await?;
         if found == 0 {
             return Err(unknown_lease(lease_id));
@@ -324,10 +319,8 @@ async fn follow(inner: &Inner, conn: &mut MultiplexedConnection, last_id: &mut O
     let feed = &inner.keys[6];
     loop {
         let from = last_id.clone().unwrap_or_else(|| "0-0".into());
-        let reply: Option<StreamReadReply> = conn
-            .xread_options(&[feed], &[&from], &opts)
-            .await
-            .map_err(|e| format!("read change feed: {e}"))?;
+        let reply: Option<StreamReadReply> =
+            conn.xread_options(&[feed], &[&from], &opts).await.map_err(|e| format!("read change feed: {e}"))?;
         let Some(reply) = reply else { continue };
         for entry in reply.keys.into_iter().flat_map(|k| k.ids) {
             match apply_entry(&inner.view, &entry) {
@@ -407,11 +400,18 @@ async fn sync(inner: &Inner, conn: &mut MultiplexedConnection, last_id: &mut Opt
         if snap.instances.is_empty() {
             inv.arg("init").arg(new_epoch()).arg(revision).arg(0);
         } else {
-            tracing::warn!(instances = snap.instances.len(), "registry missing from redis; restoring it from this replica's view");
+            tracing::warn!(
+                instances = snap.instances.len(),
+                "registry missing from redis; restoring it from this replica's view"
+            );
             inv.arg("restore").arg(&snap.epoch).arg(snap.revision).arg(0);
             for i in &snap.instances {
                 let json = serde_json::to_string(i).map_err(|e| e.to_string())?;
-                inv.arg(i.key()).arg(json).arg(i.health.as_str()).arg(i.lease_id.to_string()).arg(i.lease_ttl_ms.max(1000));
+                inv.arg(i.key())
+                    .arg(json)
+                    .arg(i.health.as_str())
+                    .arg(i.lease_id.to_string())
+                    .arg(i.lease_ttl_ms.max(1000));
             }
         }
         let _: Vec<redis::Value> = inv.invoke_async(conn).await.map_err(|e| format!("sync: {e}"))?;
@@ -441,7 +441,14 @@ async fn resync(inner: &Inner, conn: &mut MultiplexedConnection, last_id: &mut O
     Ok(())
 }
 
-fn load(inner: &Inner, epoch: String, revision: u64, last: &str, inst: Vec<String>, health: Vec<String>) -> Result<(), String> {
+fn load(
+    inner: &Inner,
+    epoch: String,
+    revision: u64,
+    last: &str,
+    inst: Vec<String>,
+    health: Vec<String>,
+) -> Result<(), String> {
     let health: std::collections::HashMap<&str, &str> =
         health.chunks(2).filter_map(|c| Some((c.first()?.as_str(), c.get(1)?.as_str()))).collect();
     let mut list = Vec::with_capacity(inst.len() / 2);
@@ -466,11 +473,11 @@ async fn sweep(inner: Arc<Inner>) {
             continue;
         }
         let mut inv = inner.invoke(&inner.scripts.expire);
-        inv.arg(inner.config.outage_grace_after.as_millis() as u64)
-            .arg(EXPIRE_BATCH)
-            .arg(inner.config.history);
+        inv.arg(inner.config.outage_grace_after.as_millis() as u64).arg(EXPIRE_BATCH).arg(inner.config.history);
         match inner.run::<(i64, u64)>(inv).await {
-            Ok((-1, n)) => tracing::warn!(leases = n, "no replica reached redis for a while; every lease got a fresh TTL"),
+            Ok((-1, n)) => {
+                tracing::warn!(leases = n, "no replica reached redis for a while; every lease got a fresh TTL")
+            }
             Ok((_, n)) if n > 0 => tracing::debug!(expired = n, "expired leases"),
             Ok(_) => {}
             Err(e) => tracing::debug!(error = %e, "expiry sweep failed"),

@@ -50,7 +50,13 @@ impl<S: RegistryStore> RegistryService<S> {
         RegistryService { store, metrics, leases, shutdown }
     }
 
-    fn finish<T>(&self, method: &'static str, op: &'static str, started: Instant, r: Result<T, Status>) -> Result<T, Status> {
+    fn finish<T>(
+        &self,
+        method: &'static str,
+        op: &'static str,
+        started: Instant,
+        r: Result<T, Status>,
+    ) -> Result<T, Status> {
         let code = r.as_ref().map(|_| tonic::Code::Ok).unwrap_or_else(|s| s.code());
         self.metrics.rpc(method, code, Some(started.elapsed()));
         if let Err(s) = &r
@@ -82,8 +88,9 @@ impl<S: RegistryStore> Registry for RegistryService<S> {
         let started = Instant::now();
         let r = async {
             let req = req.into_inner();
-            let instance = Instance::try_from(req.instance.ok_or_else(|| Status::invalid_argument("instance: missing"))?)
-                .map_err(Status::invalid_argument)?;
+            let instance =
+                Instance::try_from(req.instance.ok_or_else(|| Status::invalid_argument("instance: missing"))?)
+                    .map_err(Status::invalid_argument)?;
             let ttl = match req.ttl_ms {
                 0 => self.leases.default_ttl,
                 ms => Duration::from_millis(u64::from(ms)),
@@ -142,7 +149,10 @@ impl<S: RegistryStore> Registry for RegistryService<S> {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn deregister(&self, req: Request<pb::DeregisterRequest>) -> Result<Response<pb::DeregisterResponse>, Status> {
+    async fn deregister(
+        &self,
+        req: Request<pb::DeregisterRequest>,
+    ) -> Result<Response<pb::DeregisterResponse>, Status> {
         let started = Instant::now();
         let r = async {
             let lease = lease_arg(req.into_inner().lease_id)?;
@@ -153,13 +163,19 @@ impl<S: RegistryStore> Registry for RegistryService<S> {
         self.finish("Deregister", "deregister", started, r)
     }
 
-    async fn get_service(&self, req: Request<pb::GetServiceRequest>) -> Result<Response<pb::GetServiceResponse>, Status> {
+    async fn get_service(
+        &self,
+        req: Request<pb::GetServiceRequest>,
+    ) -> Result<Response<pb::GetServiceResponse>, Status> {
         let started = Instant::now();
         let r = (|| {
             let name = req.into_inner().service;
             validate_service_name(&name).map_err(Status::invalid_argument)?;
             let (revision, list) = self.store.view().service(&name);
-            Ok(Response::new(pb::GetServiceResponse { instances: list.iter().map(Instance::to_proto).collect(), revision }))
+            Ok(Response::new(pb::GetServiceResponse {
+                instances: list.iter().map(Instance::to_proto).collect(),
+                revision,
+            }))
         })();
         self.finish("GetService", "get", started, r)
     }
@@ -217,7 +233,11 @@ impl<S: RegistryStore> Registry for RegistryService<S> {
     }
 }
 
-async fn renew<S: RegistryStore>(store: &S, metrics: &Metrics, m: pb::KeepAliveRequest) -> Result<pb::KeepAliveResponse, Status> {
+async fn renew<S: RegistryStore>(
+    store: &S,
+    metrics: &Metrics,
+    m: pb::KeepAliveRequest,
+) -> Result<pb::KeepAliveResponse, Status> {
     let started = Instant::now();
     let r = async {
         let lease = lease_arg(m.lease_id)?;

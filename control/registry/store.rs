@@ -69,12 +69,19 @@ pub trait RegistryStore: Send + Sync + 'static {
 
     /// Adds (or replaces) an instance under a new lease of `ttl`. A replaced
     /// instance's old lease is revoked.
-    fn register(&self, instance: Instance, ttl: Duration) -> impl Future<Output = Result<Registered, StoreError>> + Send;
+    fn register(
+        &self,
+        instance: Instance,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<Registered, StoreError>> + Send;
 
     /// Renews a lease and, when `health` is given and differs, updates the
     /// instance's health (a change watchers see).
-    fn keep_alive(&self, lease_id: u64, health: Option<Health>)
-    -> impl Future<Output = Result<Renewed, StoreError>> + Send;
+    fn keep_alive(
+        &self,
+        lease_id: u64,
+        health: Option<Health>,
+    ) -> impl Future<Output = Result<Renewed, StoreError>> + Send;
 
     /// Removes the lease's instance; returns the revision of the removal.
     fn deregister(&self, lease_id: u64) -> impl Future<Output = Result<u64, StoreError>> + Send;
@@ -88,10 +95,7 @@ pub trait RegistryStore: Send + Sync + 'static {
 
 /// Unix time in ms now.
 pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// A random lease id: 63 bits, never 0. Lease ids are capabilities (whoever

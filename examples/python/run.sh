@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# Runs the Python registry client example end to end (used by CI):
+#
+#   bash examples/python/run.sh
+#
+# 1. creates examples/python/.venv (if missing) and installs requirements.txt;
+# 2. generates the gRPC stubs into examples/python/gen;
+# 3. starts redfire-control ($REDFIRE_CONTROL_BIN, default
+#    target/debug/redfire-control) on free loopback ports and waits for /ready;
+# 4. runs registry_client.py against it and checks what it printed.
+#
+# Prints "python example: ok" on success; otherwise fails showing the output.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+cd "$ROOT"
+
+CONTROL_BIN="${REDFIRE_CONTROL_BIN:-target/debug/redfire-control}"
+VENV="$HERE/.venv"
+GEN="$HERE/gen"
+SERVICE="orders"
+SECONDS_ALIVE=4
+
+fail() {
+  echo "python example: FAILED: $*" >&2
+  exit 1
+}
+
+[ -x "$CONTROL_BIN" ] || fail "no control binary at $CONTROL_BIN (build it with: cargo build --bin redfire-control)"
+
+# --- Python environment and stubs -------------------------------------------
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+"$PY" -m pip install --quiet --disable-pip-version-check -r "$HERE/requirements.txt"
+
+rm -rf "$GEN"
+mkdir -p "$GEN"
+"$PY" -m grpc_tools.protoc -I proto --python_out="$GEN" --grpc_python_out="$GEN" \
+  proto/redfire/registry/v1/registry.proto
+
+# --- Control service ---------------------------------------------------------
+WORK="$(mktemp -d)"
+CONTROL_LOG="$WORK/control.log"
+CONTROL_PID=""
+
+cleanup() {
+  if [ -n "$CONTROL_PID" ] && kill -0 "$CONTROL_PID" 2>/dev/null; then
+    kill -TERM "$CONTROL_PID" 2>/dev/null || true
+    # Give it a moment to drain, then make sure it is gone.
+    for _ in $(seq 1 50); do
+      kill -0 "$CONTROL_PID" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL "$CONTROL_PID" 2>/dev/null || true
+    wait "$CONTROL_PID" 2>/dev/null || true
+  fi
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# Two distinct free loopback ports (both held open while choosing).
+free_ports() {
+  "$PY" - <<'EOF'
+import socket
+socks = [socket.socket() for _ in range(2)]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+for s in socks:
+    s.close()
+EOF
+}
+
+# Is the admin /ready endpoint answering 200?
+is_ready() {
+  "$PY" - "$1" <<'EOF'
+import sys, urllib.request
+try:
+    with urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/ready", timeout=1) as r:
+        sys.exit(0 if r.status == 200 else 1)
+except Exception:
+    sys.exit(1)
+EOF
+}
+
+# Start the control service; retry with new ports if it dies at once (a port
+# picked above may have been taken in the meantime).
+ready=""
+for attempt in 1 2 3; do
+  read -r GRPC_PORT ADMIN_PORT < <(free_ports)
+  "$CONTROL_BIN" --grpc-addr "127.0.0.1:$GRPC_PORT" --admin-addr "127.0.0.1:$ADMIN_PORT" \
+    --shutdown-grace 2s >"$CONTROL_LOG" 2>&1 &
+  CONTROL_PID=$!
+  for _ in $(seq 1 100); do   # up to ~10 s
+    if ! kill -0 "$CONTROL_PID" 2>/dev/null; then
+      break
+    fi
+    if is_ready "$ADMIN_PORT"; then
+      ready=yes
+      break
+    fi
+    sleep 0.1
+  done
+  [ -n "$ready" ] && break
+  echo "control did not become ready (attempt $attempt); log:" >&2
+  cat "$CONTROL_LOG" >&2 || true
+  kill -KILL "$CONTROL_PID" 2>/dev/null || true
+  wait "$CONTROL_PID" 2>/dev/null || true
+  CONTROL_PID=""
+done
+[ -n "$ready" ] || fail "redfire-control never became ready"
+echo "control ready: grpc=127.0.0.1:$GRPC_PORT admin=127.0.0.1:$ADMIN_PORT (pid $CONTROL_PID)"
+
+# --- Client ------------------------------------------------------------------
+# The client bounds all its own waits; `timeout` is only a backstop.
+set +e
+OUTPUT="$(timeout 60 "$PY" "$HERE/registry_client.py" \
+  --target "127.0.0.1:$GRPC_PORT" --service "$SERVICE" --seconds "$SECONDS_ALIVE" 2>&1)"
+STATUS=$?
+set -e
+echo "$OUTPUT"
+
+problems=()
+[ "$STATUS" -eq 0 ] || problems+=("client exited with status $STATUS")
+grep -qE '^registered lease=[0-9]+ ' <<<"$OUTPUT" || problems+=("no 'registered lease=' line")
+grep -qE "^watch PUT $SERVICE/py-[0-9]+ health=NOT_SERVING " <<<"$OUTPUT" \
+  || problems+=("no 'watch PUT ... health=NOT_SERVING' line")
+grep -qE "^watch DELETE $SERVICE/py-[0-9]+ reason=deregistered " <<<"$OUTPUT" \
+  || problems+=("no 'watch DELETE ... reason=deregistered' line")
+grep -qE '^summary: puts=[0-9]+ deletes=[0-9]+ snapshot_instances=[0-9]+$' <<<"$OUTPUT" \
+  || problems+=("no 'summary:' line")
+
+if [ "${#problems[@]}" -gt 0 ]; then
+  {
+    echo "---- control log (last 40 lines); client output is above ----"
+    tail -n 40 "$CONTROL_LOG" || true
+    echo "-----------------------"
+  } >&2
+  summary="$(printf '%s; ' "${problems[@]}")"
+  fail "${summary%; }"
+fi
+echo "python example: ok"
