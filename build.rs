@@ -13,9 +13,11 @@ fn main() -> anyhow::Result<()> {
         None => config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?),
     };
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
-    tonic_prost_build::configure()
-        .file_descriptor_set_path(out.join("redfire_descriptor.bin"))
-        .compile_with_config(config, PROTOS, &["proto"])?;
+    tonic_prost_build::configure().file_descriptor_set_path(out.join("redfire_descriptor.bin")).compile_with_config(
+        config,
+        PROTOS,
+        &["proto"],
+    )?;
     println!("cargo:rerun-if-changed=proto");
     println!("cargo:rerun-if-env-changed=PROTOC");
     Ok(())
