@@ -79,7 +79,8 @@ async fn main() -> anyhow::Result<()> {
     for (svc, id, port, zone) in
         [("orders", "orders-1", 9001, "a"), ("orders", "orders-2", 9002, "b"), ("users", "users-1", 9101, "a")]
     {
-        let r = client.register(pb::RegisterRequest { instance: Some(instance(svc, id, port, zone)), ttl_ms: 0 }).await?;
+        let r =
+            client.register(pb::RegisterRequest { instance: Some(instance(svc, id, port, zone)), ttl_ms: 0 }).await?;
         leases.push(r.into_inner().lease_id);
         pause().await;
     }

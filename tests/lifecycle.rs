@@ -14,7 +14,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_redfire-control");
 #[tokio::test]
 async fn sigterm_drains_and_exits_zero() {
     let (grpc, admin) = (free_port(), free_port());
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .args(["--grpc-addr", &format!("127.0.0.1:{grpc}"), "--admin-addr", &format!("127.0.0.1:{admin}")])
         .args(["--log-format", "json", "--shutdown-grace", "3s"])
         .stdout(Stdio::piped())
@@ -50,7 +50,8 @@ async fn sigterm_drains_and_exits_zero() {
 
 #[test]
 fn invalid_config_exits_2_with_one_line_naming_the_key() {
-    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, &str)> = vec![
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case<'_>> = vec![
         (vec!["--lease-ttl", "forever"], vec![], "lease_ttl"),
         (vec![], vec![("REDFIRE_STORE", "etcd")], "store"),
         (vec![], vec![("REDFIRE_GRPC_ADDR", "localhost")], "grpc_addr"),

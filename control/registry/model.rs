@@ -317,7 +317,8 @@ mod tests {
 
     #[test]
     fn rejects_bad_fields_naming_the_field() {
-        let cases: Vec<(fn(&mut pb::Instance), &str)> = vec![
+        type Mutate = fn(&mut pb::Instance);
+        let cases: Vec<(Mutate, &str)> = vec![
             (|p| p.service = String::new(), "service: name is empty"),
             (|p| p.service = "a".repeat(64), "over the DNS-1123 limit"),
             (|p| p.service = "Orders".into(), "lowercase"),
@@ -332,7 +333,7 @@ mod tests {
                 |p| {
                     p.metadata.insert("k".into(), "v".repeat(MAX_METADATA_BYTES));
                 },
-                "64",
+                "over the 65536-byte limit",
             ),
             (|p| p.health = 42, "health: unknown value 42"),
         ];
