@@ -11,17 +11,28 @@ use tonic::Code;
 
 const T: Duration = Duration::from_secs(5);
 
-#[tokio::test]
-async fn two_replicas_on_one_redis_serve_one_view() {
-    let Some(url) = shared_redis() else { return };
-    let prefix = unique_prefix("replicas");
-    let a = control(redis_settings(&url, &prefix)).await;
-    let b = control(redis_settings(&url, &prefix)).await;
+type Client = pb::registry_client::RegistryClient<tonic::transport::Channel>;
+
+/// Two replicas on one Redis prefix, a client of each, a Watch on each past its snapshot.
+async fn two_replicas_watching(
+    url: &str,
+    prefix: &str,
+) -> (redfire::control::server::Control, redfire::control::server::Control, Client, Client, Watcher, Watcher) {
+    let a = control(redis_settings(url, prefix)).await;
+    let b = control(redis_settings(url, prefix)).await;
     let (mut ca, mut cb) = (client(a.grpc_addr).await, client(b.grpc_addr).await);
     let mut wa = Watcher::open(&mut ca, pb::WatchRequest::default()).await;
     let mut wb = Watcher::open(&mut cb, pb::WatchRequest::default()).await;
     wa.snapshot(T).await;
     wb.snapshot(T).await;
+    (a, b, ca, cb, wa, wb)
+}
+
+#[tokio::test]
+async fn two_replicas_on_one_redis_serve_one_view() {
+    let Some(url) = shared_redis() else { return };
+    let prefix = unique_prefix("replicas");
+    let (a, b, mut ca, mut cb, mut wa, mut wb) = two_replicas_watching(&url, &prefix).await;
 
     let reg = register(&mut ca, instance("orders", "a1"), 0).await;
     let seen_on_b = wb.change(T).await;
@@ -41,13 +52,7 @@ async fn two_replicas_on_one_redis_serve_one_view() {
 async fn lease_expiry_happens_once_across_replicas_and_after_one_dies() {
     let Some(url) = shared_redis() else { return };
     let prefix = unique_prefix("expiry");
-    let a = control(redis_settings(&url, &prefix)).await;
-    let b = control(redis_settings(&url, &prefix)).await;
-    let (mut ca, mut cb) = (client(a.grpc_addr).await, client(b.grpc_addr).await);
-    let mut wa = Watcher::open(&mut ca, pb::WatchRequest::default()).await;
-    let mut wb = Watcher::open(&mut cb, pb::WatchRequest::default()).await;
-    wa.snapshot(T).await;
-    wb.snapshot(T).await;
+    let (a, b, mut ca, _cb, mut wa, mut wb) = two_replicas_watching(&url, &prefix).await;
 
     register(&mut ca, instance("orders", "x"), 1000).await;
     for w in [&mut wa, &mut wb] {

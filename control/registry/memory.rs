@@ -164,25 +164,7 @@ pub(crate) fn unknown_lease(lease_id: u64) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::registry::model::Ports;
-
-    fn inst(id: &str) -> Instance {
-        Instance {
-            service: "svc".into(),
-            instance_id: id.into(),
-            address: "127.0.0.1".into(),
-            ports: Ports { grpc: Some(1), http: None, admin: None },
-            weight: 100,
-            zone: String::new(),
-            version: String::new(),
-            metadata: Default::default(),
-            tags: vec![],
-            health: Health::Serving,
-            lease_id: 0,
-            lease_expires_unix_ms: 0,
-            lease_ttl_ms: 0,
-        }
-    }
+    use crate::control::registry::model::test_instance as inst;
 
     #[tokio::test(start_paused = true)]
     async fn lease_lapses_within_ttl_plus_one_sweep_and_renewal_keeps_it() {

@@ -293,6 +293,26 @@ mod u64_string {
     }
 }
 
+/// A valid instance of service `svc` for unit tests.
+#[cfg(test)]
+pub(crate) fn test_instance(id: &str) -> Instance {
+    Instance {
+        service: "svc".into(),
+        instance_id: id.into(),
+        address: "127.0.0.1".into(),
+        ports: Ports { grpc: Some(1), http: None, admin: None },
+        weight: DEFAULT_WEIGHT,
+        zone: String::new(),
+        version: String::new(),
+        metadata: BTreeMap::new(),
+        tags: vec![],
+        health: Health::Serving,
+        lease_id: 0,
+        lease_expires_unix_ms: 0,
+        lease_ttl_ms: 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -287,25 +287,7 @@ pub fn is_epoch(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::registry::model::{Health, Ports};
-
-    fn inst(id: &str) -> Instance {
-        Instance {
-            service: "svc".into(),
-            instance_id: id.into(),
-            address: "127.0.0.1".into(),
-            ports: Ports { grpc: Some(1), http: None, admin: None },
-            weight: 100,
-            zone: String::new(),
-            version: String::new(),
-            metadata: Default::default(),
-            tags: vec![],
-            health: Health::Serving,
-            lease_id: 1,
-            lease_expires_unix_ms: 0,
-            lease_ttl_ms: 0,
-        }
-    }
+    use crate::control::registry::model::test_instance as inst;
 
     #[test]
     fn resume_returns_exactly_the_missed_changes() {
