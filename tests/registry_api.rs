@@ -46,8 +46,9 @@ async fn watch_sends_a_snapshot_then_ordered_deltas() {
 async fn watch_filters_by_service() {
     let ctl = control(settings()).await;
     let mut c = client(ctl.grpc_addr).await;
+    register(&mut c, instance("orders", "before"), 0).await;
     let mut w = Watcher::open(&mut c, pb::WatchRequest { services: vec!["users".into()], ..Default::default() }).await;
-    assert!(w.snapshot(T).await.instances.is_empty());
+    assert!(w.snapshot(T).await.instances.is_empty(), "the snapshot holds only the watched service");
     register(&mut c, instance("orders", "a"), 0).await;
     register(&mut c, instance("users", "u"), 0).await;
     let ch = w.change(T).await;

@@ -10,7 +10,7 @@ use redfire::control::registry::memory::MemoryStore;
 use redfire::control::registry::model::{Health, Instance};
 use redfire::control::registry::redis::{RedisConfig, RedisStore};
 use redfire::control::registry::store::{RegistryStore, StoreError};
-use redfire::control::registry::view::{Broadcast, Change, DeleteReason, Start};
+use redfire::control::registry::view::{Broadcast, Change, DeleteReason, Start, View};
 
 fn inst(service: &str, id: &str) -> Instance {
     Instance::try_from(support::instance(service, id)).unwrap()
@@ -82,7 +82,7 @@ async fn re_register_replaces_and_revokes_the_old_lease<S: RegistryStore>(s: Arc
 both!(health_change_is_one_change_and_renewal_alone_is_none);
 async fn health_change_is_one_change_and_renewal_alone_is_none<S: RegistryStore>(s: Arc<S>) {
     let reg = s.register(inst("orders", "a"), Duration::from_secs(10)).await.unwrap();
-    let (_, mut rx) = s.view().subscribe(None).unwrap();
+    let (_, mut rx) = s.view().subscribe(None, &View::all).unwrap();
     s.keep_alive(reg.lease_id, None).await.unwrap();
     s.keep_alive(reg.lease_id, Some(Health::Serving)).await.unwrap();
     s.keep_alive(reg.lease_id, Some(Health::Draining)).await.unwrap();
@@ -114,7 +114,7 @@ both!(lapsed_lease_is_removed_once_within_ttl_plus_one_second);
 async fn lapsed_lease_is_removed_once_within_ttl_plus_one_second<S: RegistryStore>(s: Arc<S>) {
     let kept = s.register(inst("orders", "kept"), Duration::from_secs(1)).await.unwrap();
     let lapsing = s.register(inst("orders", "lapsing"), Duration::from_secs(1)).await.unwrap();
-    let (_, mut rx) = s.view().subscribe(Some((&s.view().position().0, lapsing.revision))).unwrap();
+    let (_, mut rx) = s.view().subscribe(Some((&s.view().position().0, lapsing.revision)), &View::all).unwrap();
     let started = tokio::time::Instant::now();
     let mut deletes = Vec::new();
     while started.elapsed() < Duration::from_millis(2500) {
@@ -141,7 +141,7 @@ async fn resume_from_the_history_has_no_gap_and_no_duplicate<S: RegistryStore>(s
     let b = s.register(inst("orders", "b"), Duration::from_secs(10)).await.unwrap();
     s.deregister(first.lease_id).await.unwrap();
     s.register(inst("users", "c"), Duration::from_secs(10)).await.unwrap();
-    let (start, _) = s.view().subscribe(Some((&epoch, first.revision))).unwrap();
+    let (start, _) = s.view().subscribe(Some((&epoch, first.revision)), &View::all).unwrap();
     let Start::Resume(events) = start else { panic!("expected a resume") };
     let revs: Vec<u64> = events.iter().map(|e| e.revision).collect();
     assert_eq!(revs, vec![b.revision, b.revision + 1, b.revision + 2]);

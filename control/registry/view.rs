@@ -220,6 +220,11 @@ impl View {
         Snapshot { epoch: s.epoch.clone(), revision: s.revision, instances: s.instances.values().cloned().collect() }
     }
 
+    /// Accepts every service, for [`View::subscribe`].
+    pub fn all(_service: &str) -> bool {
+        true
+    }
+
     /// How many instances are registered.
     pub fn len(&self) -> usize {
         self.read().instances.len()
@@ -232,13 +237,25 @@ impl View {
 
     /// Starts a watcher at the client's resume point (`None` for a fresh
     /// watch). The receiver yields every change after the returned start, with
-    /// no gap and no duplicate, because both are taken under one lock.
-    pub fn subscribe(&self, resume: Option<(&str, u64)>) -> Result<(Start, broadcast::Receiver<Broadcast>), String> {
+    /// no gap and no duplicate, because both are taken under one lock. A
+    /// snapshot holds only the services `wanted` accepts (copying the whole
+    /// registry for a watcher of one service would make a reconnect storm
+    /// cost registry size × watchers).
+    pub fn subscribe(
+        &self,
+        resume: Option<(&str, u64)>,
+        wanted: &dyn Fn(&str) -> bool,
+    ) -> Result<(Start, broadcast::Receiver<Broadcast>), String> {
         let s = self.read();
         let rx = self.tx.subscribe();
+        let snapshot = |s: &State| Snapshot {
+            epoch: s.epoch.clone(),
+            revision: s.revision,
+            instances: s.instances.values().filter(|i| wanted(&i.service)).cloned().collect(),
+        };
         let start = match resume {
-            None => Start::Snapshot(snapshot_of(&s), false),
-            Some((epoch, _)) if epoch != s.epoch => Start::Snapshot(snapshot_of(&s), true),
+            None => Start::Snapshot(snapshot(&s), false),
+            Some((epoch, _)) if epoch != s.epoch => Start::Snapshot(snapshot(&s), true),
             Some((_, rev)) if rev > s.revision => {
                 return Err(format!(
                     "revision: {rev} is ahead of the registry (epoch {}, revision {})",
@@ -251,7 +268,7 @@ impl View {
                     let skip = (rev + 1 - first.revision) as usize;
                     Start::Resume(s.history.iter().skip(skip).cloned().collect())
                 }
-                _ => Start::Snapshot(snapshot_of(&s), true),
+                _ => Start::Snapshot(snapshot(&s), true),
             },
         };
         Ok((start, rx))
@@ -268,10 +285,6 @@ impl View {
     pub fn watchers(&self) -> usize {
         self.tx.receiver_count()
     }
-}
-
-fn snapshot_of(s: &State) -> Snapshot {
-    Snapshot { epoch: s.epoch.clone(), revision: s.revision, instances: s.instances.values().cloned().collect() }
 }
 
 /// A fresh random epoch: 16 lowercase hex digits.
@@ -296,16 +309,16 @@ mod tests {
             assert!(v.apply(r, Change::Put(inst(id))));
         }
         assert!(!v.apply(6, Change::Put(inst("x"))), "a gap is refused");
-        let (start, _) = v.subscribe(Some(("e", 2))).unwrap();
+        let (start, _) = v.subscribe(Some(("e", 2)), &View::all).unwrap();
         match start {
             Start::Resume(ev) => assert_eq!(ev.iter().map(|e| e.revision).collect::<Vec<_>>(), vec![3, 4]),
             other => panic!("{other:?}"),
         }
         // Revision 1's successor is gone from a 3-entry history: reset.
-        assert!(matches!(v.subscribe(Some(("e", 0))).unwrap().0, Start::Snapshot(_, true)));
-        assert!(matches!(v.subscribe(Some(("other", 4))).unwrap().0, Start::Snapshot(_, true)));
-        assert!(matches!(v.subscribe(Some(("e", 4))).unwrap().0, Start::Resume(ref e) if e.is_empty()));
-        assert!(v.subscribe(Some(("e", 5))).unwrap_err().contains("ahead"));
+        assert!(matches!(v.subscribe(Some(("e", 0)), &View::all).unwrap().0, Start::Snapshot(_, true)));
+        assert!(matches!(v.subscribe(Some(("other", 4)), &View::all).unwrap().0, Start::Snapshot(_, true)));
+        assert!(matches!(v.subscribe(Some(("e", 4)), &View::all).unwrap().0, Start::Resume(ref e) if e.is_empty()));
+        assert!(v.subscribe(Some(("e", 5)), &View::all).unwrap_err().contains("ahead"));
     }
 
     #[test]

@@ -37,7 +37,7 @@ pub fn spawn(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<mpsc::Receiver<Result<pb::WatchResponse, Status>>, Status> {
     let resume = spec.resume.as_ref().map(|(e, r)| (e.as_str(), *r));
-    let (start, rx) = view.subscribe(resume).map_err(Status::invalid_argument)?;
+    let (start, rx) = view.subscribe(resume, &|svc| wanted(&spec, svc)).map_err(Status::invalid_argument)?;
     let (tx, out) = mpsc::channel(OUT_BUFFER);
     tokio::spawn(async move {
         tokio::select! {
@@ -69,7 +69,7 @@ async fn run(view: &View, spec: &WatchSpec, start: Start, mut rx: broadcast::Rec
                 send_event(spec, &epoch, &ev, tx).await
             }
             Ok(Broadcast::Reset) => {
-                let (start, fresh) = match view.subscribe(None) {
+                let (start, fresh) = match view.subscribe(None, &|svc| wanted(spec, svc)) {
                     Ok((Start::Snapshot(s, _), fresh)) => (Start::Snapshot(s, true), fresh),
                     _ => return,
                 };
@@ -78,7 +78,7 @@ async fn run(view: &View, spec: &WatchSpec, start: Start, mut rx: broadcast::Rec
             }
             Err(broadcast::error::RecvError::Lagged(_)) => {
                 // Too slow: pick up from the history where this watcher is.
-                let Ok((start, fresh)) = view.subscribe(Some((&epoch, last))) else { return };
+                let Ok((start, fresh)) = view.subscribe(Some((&epoch, last)), &|svc| wanted(spec, svc)) else { return };
                 rx = fresh;
                 send_start(spec, start, tx, &mut epoch, &mut last).await
             }
@@ -95,7 +95,7 @@ async fn send_start(spec: &WatchSpec, start: Start, tx: &Out, epoch: &mut String
         Start::Snapshot(snap, reset) => {
             *epoch = snap.epoch.clone();
             *last = snap.revision;
-            tx.send(Ok(snapshot_message(spec, snap, reset))).await.map_err(drop)
+            tx.send(Ok(snapshot_message(snap, reset))).await.map_err(drop)
         }
         Start::Resume(events) => {
             for ev in events {
@@ -132,8 +132,8 @@ async fn send_event(spec: &WatchSpec, epoch: &str, ev: &Event, tx: &Out) -> Resu
     tx.send(Ok(msg)).await.map_err(drop)
 }
 
-fn snapshot_message(spec: &WatchSpec, snap: Snapshot, reset: bool) -> pb::WatchResponse {
-    let instances = snap.instances.iter().filter(|i| wanted(spec, &i.service)).map(|i| i.to_proto()).collect();
+fn snapshot_message(snap: Snapshot, reset: bool) -> pb::WatchResponse {
+    let instances = snap.instances.iter().map(|i| i.to_proto()).collect();
     pb::WatchResponse {
         epoch: snap.epoch,
         revision: snap.revision,

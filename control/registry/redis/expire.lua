@@ -6,7 +6,7 @@
 local now = now_ms()
 local last = tonumber(redis.call('GET', K_SWEPT) or '0')
 redis.call('SET', K_SWEPT, now)
-if last == 0 or now - last > tonumber(ARGV[1]) then
+if (last == 0 or now - last > tonumber(ARGV[1])) and redis.call('ZCARD', K_EXP) > 0 then
   -- No replica swept for a while (or none ever did on this data): every
   -- replica was cut off from Redis (or down), so no instance could renew. Give each lease a fresh TTL from now
   -- instead of expiring everything at once.
