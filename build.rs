@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-const PROTOS: &[&str] = &["proto/redfire/registry/v1/registry.proto"];
+const PROTOS: &[&str] = &["proto/redfire/registry/v1/registry.proto", "proto/redfire/identity/v1/identity.proto"];
 
 fn main() -> anyhow::Result<()> {
     let mut config = tonic_prost_build::Config::new();

@@ -1,7 +1,8 @@
 //! RedFire Mesh: a gRPC-first service mesh.
 //!
 //! - [`control`] — the control service (`redfire-control`): service registry
-//!   with leases and watch streams, over an in-memory or Redis store.
+//!   with leases and watch streams, over an in-memory or Redis store, and
+//!   the mesh CA.
 //! - [`proto`] — the generated gRPC API (`proto/`), kept at the edge: the
 //!   control code converts it into domain types at the API boundary.
 
@@ -10,6 +11,14 @@ pub mod control;
 /// Generated protobuf and gRPC code, one module per versioned package.
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
 pub mod proto {
+    /// `redfire.identity.v1`
+    pub mod identity {
+        /// `redfire.identity.v1`
+        pub mod v1 {
+            tonic::include_proto!("redfire.identity.v1");
+        }
+    }
+
     /// `redfire.registry.v1`
     pub mod registry {
         /// `redfire.registry.v1`

@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::{Args, Parser};
 use serde::Deserialize;
 
+use crate::control::identity::ca::{CaConfig, RootSource};
 use crate::control::telemetry::{self, LogFormat};
 
 /// Command line of `redfire-control`.
@@ -22,6 +23,35 @@ pub struct Cli {
     /// The settings.
     #[command(flatten)]
     pub settings: Settings,
+    /// An admin command instead of serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Admin commands.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Bootstrap tokens for sidecars.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// `token` subcommands.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum TokenCommand {
+    /// Prints a token that lets one service's sidecars obtain their first
+    /// certificate (uses the same CA settings as the server).
+    Create {
+        /// The service (DNS-1123 label) the token is for.
+        #[arg(long)]
+        service: String,
+        /// The service's namespace.
+        #[arg(long, default_value = "default")]
+        namespace: String,
+        /// How long the token is valid.
+        #[arg(long, default_value = "720h")]
+        ttl: String,
+    },
 }
 
 /// Raw settings as given; `None` means "not given here".
@@ -73,6 +103,24 @@ pub struct Settings {
     /// Log filter, e.g. info or redfire=debug,warn [default: info]
     #[arg(long, env = "REDFIRE_LOG_LEVEL")]
     pub log_level: Option<String>,
+    /// SPIFFE trust domain of the mesh CA [default: redfire.local]
+    #[arg(long, env = "REDFIRE_TRUST_DOMAIN")]
+    pub trust_domain: Option<String>,
+    /// Root CA certificate file (PEM); with ca_key_file, overrides the generated root
+    #[arg(long, env = "REDFIRE_CA_CERT_FILE")]
+    pub ca_cert_file: Option<String>,
+    /// Root CA private key file (PKCS#8 PEM)
+    #[arg(long, env = "REDFIRE_CA_KEY_FILE")]
+    pub ca_key_file: Option<String>,
+    /// Memory store: directory of the generated root [default: $XDG_DATA_HOME/redfire/ca or ~/.local/share/redfire/ca]
+    #[arg(long, env = "REDFIRE_CA_DIR")]
+    pub ca_dir: Option<String>,
+    /// More roots to trust (PEM), for root rotation
+    #[arg(long, env = "REDFIRE_CA_EXTRA_ROOTS_FILE")]
+    pub ca_extra_roots_file: Option<String>,
+    /// Default and maximum workload certificate lifetime [default: 24h]
+    #[arg(long, env = "REDFIRE_CERT_LIFETIME")]
+    pub cert_lifetime: Option<String>,
 }
 
 /// Which registry store.
@@ -117,6 +165,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Log filter.
     pub log_level: String,
+    /// The mesh CA.
+    pub ca: CaConfig,
 }
 
 impl Default for Config {
@@ -161,7 +211,13 @@ impl Settings {
             outage_grace_after,
             shutdown_grace,
             log_format,
-            log_level
+            log_level,
+            trust_domain,
+            ca_cert_file,
+            ca_key_file,
+            ca_dir,
+            ca_extra_roots_file,
+            cert_lifetime
         )
     }
 
@@ -188,17 +244,25 @@ fn addr(key: &str, v: Option<String>, default: &str) -> Result<SocketAddr, Confi
 
 impl Config {
     /// Parses `argv` (flags and environment) and the config file, if named.
-    pub fn load() -> Result<Config, ConfigError> {
+    pub fn load() -> Result<(Config, Option<Command>), ConfigError> {
         let cli = Cli::parse();
         let file = match &cli.config {
             Some(p) => Settings::from_file(p)?,
             None => Settings::default(),
         };
-        Config::from_settings(cli.settings.or(file))
+        Ok((Config::from_settings(cli.settings.or(file))?, cli.command))
     }
 
     /// Validates raw settings, filling defaults.
     pub fn from_settings(s: Settings) -> Result<Config, ConfigError> {
+        let ca_settings = CaSettings {
+            trust_domain: s.trust_domain.clone(),
+            cert: s.ca_cert_file.clone(),
+            key: s.ca_key_file.clone(),
+            dir: s.ca_dir.clone(),
+            extra_roots: s.ca_extra_roots_file.clone(),
+            lifetime: s.cert_lifetime.clone(),
+        };
         let store = match s.store.as_deref().unwrap_or("memory") {
             "memory" => StoreKind::Memory,
             "redis" => StoreKind::Redis,
@@ -224,6 +288,7 @@ impl Config {
         };
         let log_level = s.log_level.unwrap_or_else(|| "info".into());
         telemetry::valid_level(&log_level).map_err(|e| err("log_level", format!("{log_level:?}: {e}")))?;
+        let ca = ca_config(ca_settings, &store, &redis_url, &redis_prefix)?;
         let c = Config {
             grpc_addr: addr("grpc_addr", s.grpc_addr, "127.0.0.1:15010")?,
             admin_addr: addr("admin_addr", s.admin_addr, "127.0.0.1:15014")?,
@@ -240,6 +305,7 @@ impl Config {
             shutdown_grace: duration("shutdown_grace", s.shutdown_grace, "10s")?,
             log_format,
             log_level,
+            ca,
         };
         if c.redis_timeout.is_zero() {
             return Err(err("redis_timeout", "must be above 0"));
@@ -261,6 +327,57 @@ impl Config {
         }
         Ok(c)
     }
+}
+
+/// The CA's raw settings, split off before the rest are consumed.
+struct CaSettings {
+    trust_domain: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
+    dir: Option<String>,
+    extra_roots: Option<String>,
+    lifetime: Option<String>,
+}
+
+fn ca_config(s: CaSettings, store: &StoreKind, redis_url: &str, redis_prefix: &str) -> Result<CaConfig, ConfigError> {
+    let trust_domain = s.trust_domain.unwrap_or_else(|| "redfire.local".into());
+    let td_ok = !trust_domain.is_empty()
+        && trust_domain.len() <= 255
+        && trust_domain.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_'));
+    if !td_ok {
+        return Err(err(
+            "trust_domain",
+            format!("{trust_domain:?} is not a trust domain (lowercase letters, digits, . - _)"),
+        ));
+    }
+    let root = match (&s.cert, &s.key) {
+        (Some(cert), Some(key)) => RootSource::Files { cert: cert.into(), key: key.into() },
+        (Some(_), None) => return Err(err("ca_key_file", "missing: ca_cert_file needs ca_key_file")),
+        (None, Some(_)) => return Err(err("ca_cert_file", "missing: ca_key_file needs ca_cert_file")),
+        (None, None) if *store == StoreKind::Redis => {
+            RootSource::Redis { url: redis_url.into(), prefix: redis_prefix.into() }
+        }
+        (None, None) => RootSource::Dir(match &s.dir {
+            Some(d) => d.into(),
+            None => default_ca_dir(),
+        }),
+    };
+    let leaf_lifetime = duration("cert_lifetime", s.lifetime, "24h")?;
+    if leaf_lifetime < Duration::from_secs(10) || leaf_lifetime > Duration::from_secs(30 * 24 * 3600) {
+        return Err(err("cert_lifetime", "must be within 10s..=30d"));
+    }
+    Ok(CaConfig { trust_domain, root, extra_roots: s.extra_roots.map(PathBuf::from), leaf_lifetime })
+}
+
+/// `$XDG_DATA_HOME/redfire/ca`, else `$HOME/.local/share/redfire/ca`, else `./.redfire/ca`.
+fn default_ca_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("redfire/ca");
+    }
+    if let Some(h) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        return PathBuf::from(h).join(".local/share/redfire/ca");
+    }
+    PathBuf::from(".redfire/ca")
 }
 
 #[cfg(test)]
@@ -286,6 +403,9 @@ mod tests {
             (Settings { log_format: Some("xml".into()), ..Default::default() }, "log_format"),
             (Settings { watch_history: Some("0".into()), ..Default::default() }, "watch_history"),
             (Settings { sweep_interval: Some("5s".into()), ..Default::default() }, "sweep_interval"),
+            (Settings { trust_domain: Some("Bad/Domain".into()), ..Default::default() }, "trust_domain"),
+            (Settings { ca_cert_file: Some("root.crt".into()), ..Default::default() }, "ca_key_file"),
+            (Settings { cert_lifetime: Some("1s".into()), ..Default::default() }, "cert_lifetime"),
         ];
         for (s, key) in cases {
             let e = Config::from_settings(s).unwrap_err();

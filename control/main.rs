@@ -2,12 +2,14 @@
 
 use std::process::ExitCode;
 
-use redfire::control::config::Config;
+use redfire::control::config::{Command, Config, TokenCommand};
+use redfire::control::identity::ca::Ca;
+use redfire::control::identity::token;
 use redfire::control::server::Control;
 use redfire::control::{shutdown, telemetry};
 
 fn main() -> ExitCode {
-    let config = match Config::load() {
+    let (config, command) = match Config::load() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("redfire-control: {e}");
@@ -21,6 +23,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(Command::Token(TokenCommand::Create { service, namespace, ttl })) = command {
+        return runtime.block_on(create_token(config, &service, &namespace, &ttl));
+    }
     runtime.block_on(async {
         let _telemetry = telemetry::init("redfire-control", config.log_format, &config.log_level);
         let control = match Control::start(config).await {
@@ -41,4 +46,39 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// `redfire-control token create`: prints one bootstrap token on stdout.
+async fn create_token(config: Config, service: &str, namespace: &str, ttl: &str) -> ExitCode {
+    use redfire::control::registry::model::validate_service_name;
+    let ttl = match humantime::parse_duration(ttl) {
+        Ok(t) if !t.is_zero() => t,
+        _ => {
+            eprintln!("redfire-control: invalid config: ttl: {ttl:?} is not a duration like 24h");
+            return ExitCode::from(2);
+        }
+    };
+    for (key, value) in [("service", service), ("namespace", namespace)] {
+        if let Err(e) = validate_service_name(value) {
+            eprintln!("redfire-control: invalid config: {key}: {}", e.trim_start_matches("service: "));
+            return ExitCode::from(2);
+        }
+    }
+    let ca = match Ca::load(config.ca).await {
+        Ok(ca) => ca,
+        Err(e) => {
+            eprintln!("redfire-control: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match token::create(&ca, namespace, service, ttl) {
+        Ok(t) => {
+            println!("{t}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("redfire-control: token: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

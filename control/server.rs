@@ -1,5 +1,5 @@
-//! Assembles the control process: store, gRPC server (registry, health,
-//! reflection), admin port and the drain sequence.
+//! Assembles the control process: store, CA, gRPC server (registry,
+//! identity, health, reflection), admin port and the drain sequence.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,6 +11,8 @@ use tonic_health::ServingStatus;
 
 use crate::control::admin::{self, Admin};
 use crate::control::config::{Config, StoreKind};
+use crate::control::identity::ca::Ca;
+use crate::control::identity::service::IdentityService;
 use crate::control::metrics::Metrics;
 use crate::control::registry::memory::MemoryStore;
 use crate::control::registry::redis::{RedisConfig, RedisStore};
@@ -18,6 +20,7 @@ use crate::control::registry::service::{LeasePolicy, RegistryService};
 use crate::control::registry::store::RegistryStore;
 use crate::control::shutdown::Drain;
 use crate::control::telemetry;
+use crate::proto::identity::v1::identity_server::IdentityServer;
 use crate::proto::registry::v1::registry_server::RegistryServer;
 
 /// The control service failed to start or to run.
@@ -36,6 +39,9 @@ pub enum ServerError {
     /// The store could not be set up.
     #[error("store: {0}")]
     Store(String),
+    /// The mesh CA could not be loaded.
+    #[error("{0}")]
+    Ca(#[from] crate::control::identity::ca::CaError),
     /// The gRPC server failed.
     #[error("grpc server: {0}")]
     Grpc(String),
@@ -55,6 +61,7 @@ pub struct Control {
 impl Control {
     /// Binds both ports (port 0 picks free ones) and starts serving.
     pub async fn start(config: Config) -> Result<Control, ServerError> {
+        let metrics = Arc::new(Metrics::default());
         let grpc = TcpListener::bind(config.grpc_addr).await.map_err(|source| ServerError::Bind {
             what: "grpc_addr",
             addr: config.grpc_addr,
@@ -67,11 +74,14 @@ impl Control {
         })?;
         let grpc_addr = grpc.local_addr().map_err(|e| ServerError::Grpc(e.to_string()))?;
         let admin_addr = admin.local_addr().map_err(|e| ServerError::Grpc(e.to_string()))?;
+        let ca = Arc::new(Ca::load(config.ca.clone()).await?);
+        let identity = IdentityService::new(ca, metrics.clone()).map_err(|e| ServerError::Grpc(e.to_string()))?;
         let drain = Drain::default();
         let task = match config.store {
             StoreKind::Memory => {
                 let store = MemoryStore::new(config.watch_history, config.sweep_interval);
-                tokio::spawn(serve(Arc::new(store), grpc, admin, config, drain.clone()))
+                let parts = Parts { grpc, admin, metrics, identity, drain: drain.clone() };
+                tokio::spawn(serve(Arc::new(store), parts, config))
             }
             StoreKind::Redis => {
                 let store = RedisStore::new(RedisConfig {
@@ -87,7 +97,8 @@ impl Control {
                 // reachable); give a reachable Redis a moment so a fresh
                 // replica starts with the registry already loaded.
                 store.wait_synced(config.redis_timeout).await;
-                tokio::spawn(serve(Arc::new(store), grpc, admin, config, drain.clone()))
+                let parts = Parts { grpc, admin, metrics, identity, drain: drain.clone() };
+                tokio::spawn(serve(Arc::new(store), parts, config))
             }
         };
         tracing::info!(%grpc_addr, %admin_addr, "redfire-control serving");
@@ -105,14 +116,17 @@ impl Control {
     }
 }
 
-async fn serve<S: RegistryStore>(
-    store: Arc<S>,
+/// What `serve` needs besides the store.
+struct Parts {
     grpc: TcpListener,
-    admin_listener: TcpListener,
-    config: Config,
+    admin: TcpListener,
+    metrics: Arc<Metrics>,
+    identity: IdentityService,
     drain: Drain,
-) -> Result<(), ServerError> {
-    let metrics = Arc::new(Metrics::default());
+}
+
+async fn serve<S: RegistryStore>(store: Arc<S>, parts: Parts, config: Config) -> Result<(), ServerError> {
+    let Parts { grpc, admin: admin_listener, metrics, identity, drain } = parts;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<RegistryServer<RegistryService<S>>>().await;
     health.set_service_status("", ServingStatus::Serving).await;
@@ -158,6 +172,7 @@ async fn serve<S: RegistryStore>(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(RegistryServer::new(registry))
+        .add_service(IdentityServer::new(identity))
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stop_accepting);
     let grace = async {
         drain.started().await;

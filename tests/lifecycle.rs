@@ -16,7 +16,7 @@ async fn sigterm_drains_and_exits_zero() {
     let (grpc, admin) = (free_port(), free_port());
     let child = Command::new(BIN)
         .args(["--grpc-addr", &format!("127.0.0.1:{grpc}"), "--admin-addr", &format!("127.0.0.1:{admin}")])
-        .args(["--log-format", "json", "--shutdown-grace", "3s"])
+        .args(["--log-format", "json", "--shutdown-grace", "3s", "--ca-dir", &test_ca_dir()])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -117,12 +117,19 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// A CA directory private to this test process (tests in one binary share
+/// it, as replicas share a root; creation is atomic).
+pub fn test_ca_dir() -> String {
+    std::env::temp_dir().join(format!("redfire-test-ca-{}", std::process::id())).display().to_string()
+}
+
 /// Settings for a control on free ports.
 pub fn settings() -> Settings {
     Settings {
         grpc_addr: Some("127.0.0.1:0".into()),
         admin_addr: Some("127.0.0.1:0".into()),
         log_level: Some("warn".into()),
+        ca_dir: Some(test_ca_dir()),
         ..Default::default()
     }
 }
