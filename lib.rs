@@ -3,10 +3,14 @@
 //! - [`control`] — the control service (`redfire-control`): service registry
 //!   with leases and watch streams, over an in-memory or Redis store, and
 //!   the mesh CA.
+//! - [`sidecar`] — the data plane (`redfire-sidecar`): so far the workload
+//!   identity client and the pure building blocks of the outbound path
+//!   (balancing, retries, breakers).
 //! - [`proto`] — the generated gRPC API (`proto/`), kept at the edge: the
 //!   control code converts it into domain types at the API boundary.
 
 pub mod control;
+pub mod sidecar;
 
 /// Generated protobuf and gRPC code, one module per versioned package.
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]

@@ -1,0 +1,253 @@
+//! The sidecar's workload identity: its own key pair and a certificate for
+//! its SPIFFE ID from control's CA (`redfire.identity.v1`).
+//!
+//! The key is generated here and never leaves the process. The first
+//! certificate is obtained with a bootstrap token; afterwards the sidecar
+//! renews at 70 % of the certificate's lifetime, authenticating with the
+//! current certificate. While renewal fails it keeps serving on the current
+//! certificate and retries with jittered backoff; once that certificate has
+//! expired it publishes `None`, so the TLS layers fail closed instead of
+//! presenting an expired identity, and it keeps trying (the bootstrap token
+//! is the fallback credential then).
+//!
+//! The data path reads the current [`Credentials`] from a `watch` channel:
+//! rotation is a pointer swap, never a lock on the hot path.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rcgen::{CertificateParams, KeyPair};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
+use tokio::sync::watch;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::proto::identity::v1 as pb;
+use crate::proto::identity::v1::identity_client::IdentityClient;
+
+/// Where and how to get certificates.
+#[derive(Debug, Clone)]
+pub struct IdentityConfig {
+    /// Control's gRPC address, e.g. `http://127.0.0.1:15010`.
+    pub control: String,
+    /// Bootstrap token from `redfire-control token create`.
+    pub bootstrap_token: String,
+    /// Requested lifetime; `None` takes the CA's default.
+    pub lifetime: Option<Duration>,
+    /// Fraction of the lifetime after which to renew (0.7).
+    pub renew_at: f64,
+    /// Longest wait between retries of a failed issuance.
+    pub max_backoff: Duration,
+}
+
+impl IdentityConfig {
+    /// Defaults: renew at 70 %, retry at most every 10 s.
+    pub fn new(control: impl Into<String>, bootstrap_token: impl Into<String>) -> Self {
+        IdentityConfig {
+            control: control.into(),
+            bootstrap_token: bootstrap_token.into(),
+            lifetime: None,
+            renew_at: 0.7,
+            max_backoff: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A certificate with its key, ready for rustls.
+#[derive(Debug)]
+pub struct Credentials {
+    /// Leaf first.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The chain as PEM (renewal presents it).
+    pub chain_pem: String,
+    /// The sidecar's private key (PKCS#8 DER).
+    pub key: PrivatePkcs8KeyDer<'static>,
+    /// Roots a peer's certificate may chain to.
+    pub roots: Vec<CertificateDer<'static>>,
+    /// Our identity.
+    pub spiffe_id: String,
+    /// Validity start (the CA backdates it a few minutes for clock skew).
+    pub not_before: SystemTime,
+    /// Validity end.
+    pub not_after: SystemTime,
+    /// When this sidecar received it.
+    pub received: SystemTime,
+}
+
+impl Credentials {
+    /// When to renew: `renew_at` of the way from receipt to expiry (not from
+    /// the backdated `not_before`, which would pull renewal of a short-lived
+    /// certificate forward to "now").
+    pub fn renew_time(&self, renew_at: f64) -> SystemTime {
+        let life = self.not_after.duration_since(self.received).unwrap_or_default();
+        self.received + life.mul_f64(renew_at.clamp(0.0, 1.0))
+    }
+}
+
+/// Why an issuance failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// Control could not be reached or refused the request.
+    #[error("identity: {0}")]
+    Control(#[from] tonic::Status),
+    /// Control's address is malformed.
+    #[error("identity: control address: {0}")]
+    Address(String),
+    /// The answer could not be used.
+    #[error("identity: bad answer from control: {0}")]
+    Answer(String),
+    /// Key or CSR generation failed.
+    #[error("identity: {0}")]
+    Key(#[from] rcgen::Error),
+}
+
+/// The receiving side: the current credentials, `None` before the first
+/// certificate and after the current one expired without renewal.
+pub type CredentialsRx = watch::Receiver<Option<Arc<Credentials>>>;
+
+/// Starts the issuance and renewal task.
+pub fn spawn(config: IdentityConfig) -> Result<(CredentialsRx, tokio::task::JoinHandle<()>), IdentityError> {
+    let key = KeyPair::generate()?;
+    let endpoint = Endpoint::from_shared(config.control.clone())
+        .map_err(|e| IdentityError::Address(e.to_string()))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(5));
+    let channel = endpoint.connect_lazy();
+    let (tx, rx) = watch::channel(None);
+    let task = tokio::spawn(run(config, key, IdentityClient::new(channel), tx));
+    Ok((rx, task))
+}
+
+async fn run(
+    config: IdentityConfig,
+    key: KeyPair,
+    mut client: IdentityClient<Channel>,
+    tx: watch::Sender<Option<Arc<Credentials>>>,
+) {
+    let mut failures = 0u32;
+    loop {
+        let current = tx.borrow().clone();
+        let wake = match &current {
+            None => SystemTime::now(),
+            Some(c) => c.renew_time(config.renew_at),
+        };
+        sleep_until(wake).await;
+        match issue(&config, &key, &mut client, current.as_deref()).await {
+            Ok(creds) => {
+                tracing::info!(spiffe_id = %creds.spiffe_id, not_after = ?creds.not_after, "workload certificate issued");
+                failures = 0;
+                tx.send_replace(Some(Arc::new(creds)));
+            }
+            Err(e) => {
+                failures += 1;
+                let delay = backoff(failures, config.max_backoff);
+                tracing::warn!(error = %e, retry_in = ?delay, "certificate issuance failed; keeping the current certificate");
+                // Fail closed at expiry, even in the middle of a backoff.
+                let expiry = current.as_ref().map(|c| c.not_after);
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = sleep_until_opt(expiry) => {}
+                }
+                if let Some(c) = current.as_ref()
+                    && SystemTime::now() >= c.not_after
+                {
+                    tracing::error!(
+                        "workload certificate expired without renewal; refusing mTLS until control answers"
+                    );
+                    tx.send_replace(None);
+                }
+            }
+        }
+    }
+}
+
+/// One issuance: a CSR for our key, with the current certificate when it is
+/// still valid, else the bootstrap token.
+async fn issue(
+    config: &IdentityConfig,
+    key: &KeyPair,
+    client: &mut IdentityClient<Channel>,
+    current: Option<&Credentials>,
+) -> Result<Credentials, IdentityError> {
+    let csr_pem = CertificateParams::new(Vec::<String>::new())?.serialize_request(key)?.pem()?;
+    use pb::issue_certificate_request::Credential;
+    let credential = match current {
+        Some(c) if SystemTime::now() < c.not_after => Credential::CurrentCertificatePem(c.chain_pem.clone()),
+        _ => Credential::BootstrapToken(config.bootstrap_token.clone()),
+    };
+    let lifetime_s = config.lifetime.map(|d| d.as_secs().min(u64::from(u32::MAX)) as u32).unwrap_or(0);
+    let r = client
+        .issue_certificate(pb::IssueCertificateRequest { csr_pem, credential: Some(credential), lifetime_s })
+        .await?
+        .into_inner();
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(r.certificate_chain_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| IdentityError::Answer(format!("certificate chain: {e}")))?;
+    let roots: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(r.trust_bundle_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| IdentityError::Answer(format!("trust bundle: {e}")))?;
+    if chain.is_empty() || roots.is_empty() {
+        return Err(IdentityError::Answer("empty certificate chain or trust bundle".into()));
+    }
+    let at = |ms: u64| UNIX_EPOCH + Duration::from_millis(ms);
+    Ok(Credentials {
+        chain,
+        chain_pem: r.certificate_chain_pem,
+        key: PrivatePkcs8KeyDer::from(key.serialize_der()),
+        roots,
+        spiffe_id: r.spiffe_id,
+        not_before: at(r.not_before_unix_ms),
+        not_after: at(r.not_after_unix_ms),
+        received: SystemTime::now(),
+    })
+}
+
+/// Full-jitter exponential backoff: 100 ms × 2^n, capped.
+fn backoff(failures: u32, cap: Duration) -> Duration {
+    let ceiling = Duration::from_millis(100).saturating_mul(1 << failures.min(16)).min(cap);
+    ceiling.mul_f64(fastrand::f64().max(0.1))
+}
+
+async fn sleep_until(t: SystemTime) {
+    if let Ok(d) = t.duration_since(SystemTime::now()) {
+        tokio::time::sleep(d).await;
+    }
+}
+
+async fn sleep_until_opt(t: Option<SystemTime>) {
+    match t {
+        Some(t) => sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_capped_and_jittered() {
+        let cap = Duration::from_secs(10);
+        for n in 0..40 {
+            let d = backoff(n, cap);
+            assert!(d <= cap, "{d:?}");
+        }
+        assert!(backoff(1, cap) <= Duration::from_millis(200));
+    }
+
+    #[test]
+    fn renews_at_seventy_percent() {
+        let start = UNIX_EPOCH + Duration::from_secs(1000);
+        let c = Credentials {
+            chain: vec![],
+            chain_pem: String::new(),
+            key: PrivatePkcs8KeyDer::from(vec![]),
+            roots: vec![],
+            spiffe_id: String::new(),
+            not_before: start - Duration::from_secs(300),
+            not_after: start + Duration::from_secs(100),
+            received: start,
+        };
+        assert_eq!(c.renew_time(0.7), start + Duration::from_secs(70));
+    }
+}

@@ -1,0 +1,21 @@
+//! The sidecar: the data plane that runs beside every service.
+//!
+//! So far this holds:
+//! - [`identity`] — the workload identity: the sidecar's own key and its
+//!   certificate from control's CA, renewed at 70 % of its lifetime;
+//! - [`outbound`] — the pure building blocks of the outbound path (the app
+//!   calls 127.0.0.1, the sidecar picks a peer and forwards over mTLS): load
+//!   balancing, retries and circuit breaking. They do no I/O, so the
+//!   listener, the tower layers and the binary can be assembled on top of
+//!   them and each decision can be tested on its own with paused time.
+
+pub mod identity;
+pub mod outbound;
+
+/// Settings for this module's property tests: `cases` random cases, and no
+/// regression files (proptest would write them beside the crate root, outside
+/// the tree); a failure prints its minimal input instead.
+#[cfg(test)]
+pub(crate) fn proptest_config(cases: u32) -> proptest::test_runner::Config {
+    proptest::test_runner::Config { failure_persistence: None, ..proptest::test_runner::Config::with_cases(cases) }
+}
