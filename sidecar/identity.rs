@@ -180,26 +180,37 @@ async fn issue(
         .issue_certificate(pb::IssueCertificateRequest { csr_pem, credential: Some(credential), lifetime_s })
         .await?
         .into_inner();
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(r.certificate_chain_pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .map_err(|e| IdentityError::Answer(format!("certificate chain: {e}")))?;
-    let roots: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(r.trust_bundle_pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .map_err(|e| IdentityError::Answer(format!("trust bundle: {e}")))?;
-    if chain.is_empty() || roots.is_empty() {
-        return Err(IdentityError::Answer("empty certificate chain or trust bundle".into()));
-    }
     let at = |ms: u64| UNIX_EPOCH + Duration::from_millis(ms);
-    Ok(Credentials {
-        chain,
-        chain_pem: r.certificate_chain_pem,
-        key: PrivatePkcs8KeyDer::from(key.serialize_der()),
-        roots,
-        spiffe_id: r.spiffe_id,
-        not_before: at(r.not_before_unix_ms),
-        not_after: at(r.not_after_unix_ms),
-        received: SystemTime::now(),
-    })
+    Credentials::from_pem(
+        r.certificate_chain_pem,
+        PrivatePkcs8KeyDer::from(key.serialize_der()),
+        &r.trust_bundle_pem,
+        r.spiffe_id,
+        (at(r.not_before_unix_ms), at(r.not_after_unix_ms)),
+    )
+}
+
+impl Credentials {
+    /// Assembles credentials from a PEM chain (leaf first), the key, a PEM
+    /// trust bundle, the identity and the validity (not before, not after).
+    pub fn from_pem(
+        chain_pem: String,
+        key: PrivatePkcs8KeyDer<'static>,
+        bundle_pem: &str,
+        spiffe_id: String,
+        (not_before, not_after): (SystemTime, SystemTime),
+    ) -> Result<Credentials, IdentityError> {
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| IdentityError::Answer(format!("certificate chain: {e}")))?;
+        let roots: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(bundle_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| IdentityError::Answer(format!("trust bundle: {e}")))?;
+        if chain.is_empty() || roots.is_empty() {
+            return Err(IdentityError::Answer("empty certificate chain or trust bundle".into()));
+        }
+        Ok(Credentials { chain, chain_pem, key, roots, spiffe_id, not_before, not_after, received: SystemTime::now() })
+    }
 }
 
 /// Full-jitter exponential backoff: 100 ms × 2^n, capped.

@@ -7,10 +7,12 @@
 //!   calls 127.0.0.1, the sidecar picks a peer and forwards over mTLS): load
 //!   balancing, retries and circuit breaking. They do no I/O, so the
 //!   listener, the tower layers and the binary can be assembled on top of
-//!   them and each decision can be tested on its own with paused time.
+//!   them and each decision can be tested on its own with paused time;
+//! - [`transport`] — mTLS between sidecars (TLS 1.3, SPIFFE identities).
 
 pub mod identity;
 pub mod outbound;
+pub mod transport;
 
 /// Settings for this module's property tests: `cases` random cases, and no
 /// regression files (proptest would write them beside the crate root, outside
