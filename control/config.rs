@@ -186,7 +186,8 @@ pub struct ConfigError {
     pub message: String,
 }
 
-fn err(key: &str, message: impl Into<String>) -> ConfigError {
+/// A [`ConfigError`] for `key`.
+pub fn err(key: &str, message: impl Into<String>) -> ConfigError {
     ConfigError { key: key.into(), message: message.into() }
 }
 
@@ -223,21 +224,28 @@ impl Settings {
 
     /// Reads a TOML file of settings.
     pub fn from_file(path: &Path) -> Result<Settings, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| err("config", format!("{}: {e}", path.display())))?;
-        toml::from_str(&text).map_err(|e| {
-            let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-            let at = line.map(|l| format!(" line {l}:")).unwrap_or_default();
-            err("config", format!("{}:{at} {}", path.display(), e.message().replace('\n', " ")))
-        })
+        read_toml(path)
     }
 }
 
-fn duration(key: &str, v: Option<String>, default: &str) -> Result<Duration, ConfigError> {
+/// Reads a TOML settings file; errors name the file, line and field.
+pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| err("config", format!("{}: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| {
+        let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+        let at = line.map(|l| format!(" line {l}:")).unwrap_or_default();
+        err("config", format!("{}:{at} {}", path.display(), e.message().replace('\n', " ")))
+    })
+}
+
+/// Parses a duration setting (`500ms`, `10s`), or `default`.
+pub fn duration(key: &str, v: Option<String>, default: &str) -> Result<Duration, ConfigError> {
     let s = v.unwrap_or_else(|| default.into());
     humantime::parse_duration(&s).map_err(|e| err(key, format!("{s:?} is not a duration like 500ms or 10s ({e})")))
 }
 
-fn addr(key: &str, v: Option<String>, default: &str) -> Result<SocketAddr, ConfigError> {
+/// Parses a socket address setting, or `default`.
+pub fn addr(key: &str, v: Option<String>, default: &str) -> Result<SocketAddr, ConfigError> {
     let s = v.unwrap_or_else(|| default.into());
     s.parse().map_err(|_| err(key, format!("{s:?} is not a socket address like 127.0.0.1:15010")))
 }

@@ -10,9 +10,23 @@
 //!   them and each decision can be tested on its own with paused time;
 //! - [`transport`] — mTLS between sidecars (TLS 1.3, SPIFFE identities).
 
+pub mod admin;
+pub mod config;
+pub mod discovery;
+pub mod errors;
 pub mod identity;
+pub mod inbound;
+pub mod metrics;
 pub mod outbound;
+pub mod registration;
+pub mod server;
 pub mod transport;
+
+/// Boxed error of streamed bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body type on both sides of the proxy: streamed, never collected.
+pub type Body = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, BoxError>;
 
 /// Settings for this module's property tests: `cases` random cases, and no
 /// regression files (proptest would write them beside the crate root, outside

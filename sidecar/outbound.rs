@@ -18,4 +18,6 @@
 
 pub mod balance;
 pub mod breaker;
+pub mod pool;
+pub mod proxy;
 pub mod retry;

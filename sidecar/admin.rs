@@ -1,0 +1,159 @@
+//! The sidecar's admin port: `/health` (alive), `/ready` (has a workload
+//! certificate and a discovery connection, not draining), `/metrics`,
+//! `/admin/endpoints` (every upstream's endpoints with load and health) and
+//! `/admin/config`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+
+use crate::sidecar::config::Config;
+use crate::sidecar::discovery::Discovery;
+use crate::sidecar::identity::CredentialsRx;
+use crate::sidecar::metrics::Metrics;
+
+/// What the admin endpoints read.
+#[derive(Debug)]
+pub struct Admin {
+    /// Settings in force.
+    pub config: Config,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Discovery.
+    pub discovery: Arc<Discovery>,
+    /// Workload credentials.
+    pub creds: CredentialsRx,
+    /// Draining makes `/ready` fail.
+    pub draining: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Admin {
+    fn ready(&self) -> Result<(), String> {
+        if *self.draining.borrow() {
+            return Err("draining".into());
+        }
+        if self.creds.borrow().is_none() {
+            return Err("no workload certificate".into());
+        }
+        if !self.discovery.connected() {
+            return Err("no discovery connection to control".into());
+        }
+        Ok(())
+    }
+
+    fn handle(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+        if req.method() != Method::GET {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into(), "text/plain");
+        }
+        match req.uri().path() {
+            "/health" => text(StatusCode::OK, "ok\n".into(), "text/plain"),
+            "/ready" => match self.ready() {
+                Ok(()) => text(StatusCode::OK, "ready\n".into(), "text/plain"),
+                Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n"), "text/plain"),
+            },
+            "/metrics" => {
+                if let Some(c) = self.creds.borrow().as_ref() {
+                    let left = match c.not_after.duration_since(std::time::SystemTime::now()) {
+                        Ok(d) => d.as_secs() as i64,
+                        Err(e) => -(e.duration().as_secs() as i64),
+                    };
+                    self.metrics.cert_expiry_seconds.set(left);
+                }
+                text(
+                    StatusCode::OK,
+                    self.metrics.render(),
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                )
+            }
+            "/admin/endpoints" => {
+                let mut out = serde_json::Map::new();
+                for u in self.discovery.upstreams() {
+                    let set = u.set.load();
+                    let eps: Vec<_> = set
+                        .balancer
+                        .endpoints()
+                        .iter()
+                        .enumerate()
+                        .map(|(i, e)| {
+                            let idx = crate::sidecar::outbound::balance::EndpointIdx::new(i);
+                            serde_json::json!({
+                                "id": e.id,
+                                "address": e.address.to_string(),
+                                "weight": e.weight,
+                                "zone": e.zone,
+                                "identity": set.identities.get(i),
+                                "outstanding": set.balancer.outstanding(idx),
+                                "health": format!("{:?}", set.outliers.health(idx)),
+                            })
+                        })
+                        .collect();
+                    out.insert(
+                        u.service.clone(),
+                        serde_json::json!({ "in_flight": u.limit.in_flight(), "endpoints": eps }),
+                    );
+                }
+                text(StatusCode::OK, format!("{:#}\n", serde_json::Value::Object(out)), "application/json")
+            }
+            "/admin/config" => {
+                let c = &self.config;
+                let identity =
+                    self.creds.borrow().as_ref().map(|c| (c.spiffe_id.clone(), format!("{:?}", c.not_after)));
+                let body = serde_json::json!({
+                    "service": c.service, "namespace": c.namespace, "instance_id": c.instance_id,
+                    "control_addr": c.control_addr, "inbound_addr": c.inbound_addr.to_string(),
+                    "outbound_addr": c.outbound_addr.to_string(), "app_addr": c.app_addr.to_string(),
+                    "app_protocol": format!("{:?}", c.app_protocol), "balancer": format!("{:?}", c.balancer),
+                    "max_in_flight": c.max_in_flight, "trust_domain": c.trust_domain,
+                    "upstreams": c.upstreams.iter().map(|(s, a)| (s.clone(), a.to_string())).collect::<Vec<_>>(),
+                    "identity": identity,
+                });
+                text(StatusCode::OK, format!("{body:#}\n"), "application/json")
+            }
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "not found: try /health, /ready, /metrics, /admin/endpoints, /admin/config\n".into(),
+                "text/plain",
+            ),
+        }
+    }
+}
+
+fn text(status: StatusCode, body: String, content_type: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    r
+}
+
+/// Serves the admin port until `stop` resolves.
+pub async fn serve(listener: TcpListener, admin: Arc<Admin>, stop: impl std::future::Future<Output = ()>) {
+    tokio::pin!(stop);
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = &mut stop => return,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(_) => continue,
+            },
+        };
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let r = admin.handle(&req);
+                async move { Ok::<_, Infallible>(r) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}

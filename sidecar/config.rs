@@ -1,0 +1,296 @@
+//! Every setting of `redfire-sidecar`, declared once: a CLI flag, a
+//! `REDFIRE_*` environment variable and a key of the TOML file named by
+//! `--config`. Precedence: flag, environment, file, default. An invalid value
+//! is one line naming the key; `main` exits 2.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser};
+use serde::Deserialize;
+
+use crate::control::config::{ConfigError, addr, duration, err, read_toml};
+use crate::control::registry::model::validate_service_name;
+use crate::control::telemetry::{self, LogFormat};
+use crate::sidecar::outbound::balance::Policy;
+
+/// Command line of `redfire-sidecar`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "redfire-sidecar",
+    version,
+    about = "RedFire Mesh sidecar: mTLS, discovery and balancing beside a service"
+)]
+pub struct Cli {
+    /// TOML file with any of the settings below (same names, snake_case).
+    #[arg(long, env = "REDFIRE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The settings.
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+/// Raw settings as given; `None` means "not given here".
+#[derive(Debug, Default, Clone, Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Control's gRPC address [default: http://127.0.0.1:15010]
+    #[arg(long, env = "REDFIRE_CONTROL_ADDR")]
+    pub control_addr: Option<String>,
+    /// The service this sidecar stands beside (DNS-1123 label) [required]
+    #[arg(long, env = "REDFIRE_SERVICE")]
+    pub service: Option<String>,
+    /// The service's namespace [default: default]
+    #[arg(long, env = "REDFIRE_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// SPIFFE trust domain of the mesh [default: redfire.local]
+    #[arg(long, env = "REDFIRE_TRUST_DOMAIN")]
+    pub trust_domain: Option<String>,
+    /// Bootstrap token from `redfire-control token create` [required]
+    #[arg(long, env = "REDFIRE_BOOTSTRAP_TOKEN", hide_env_values = true)]
+    pub bootstrap_token: Option<String>,
+    /// Instance id in the registry [default: <service>-<pid>]
+    #[arg(long, env = "REDFIRE_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+    /// Inbound mTLS listen address [default: 0.0.0.0:15006]
+    #[arg(long, env = "REDFIRE_INBOUND_ADDR")]
+    pub inbound_addr: Option<String>,
+    /// Address other sidecars dial to reach this one [default: 127.0.0.1]
+    #[arg(long, env = "REDFIRE_ADVERTISE_ADDRESS")]
+    pub advertise_address: Option<String>,
+    /// Shared outbound listener, routing by Host/:authority = service [default: 127.0.0.1:15001]
+    #[arg(long, env = "REDFIRE_OUTBOUND_ADDR")]
+    pub outbound_addr: Option<String>,
+    /// One local listener per upstream: `orders=127.0.0.1:9001,users=127.0.0.1:9002` [default: none]
+    #[arg(long, env = "REDFIRE_UPSTREAMS")]
+    pub upstreams: Option<String>,
+    /// Admin HTTP listen address (/health, /ready, /metrics, /admin/...) [default: 127.0.0.1:15000]
+    #[arg(long, env = "REDFIRE_ADMIN_ADDR")]
+    pub admin_addr: Option<String>,
+    /// The app's address [default: 127.0.0.1:8080]
+    #[arg(long, env = "REDFIRE_APP_ADDR")]
+    pub app_addr: Option<String>,
+    /// What the app speaks: h2c (gRPC) or http1 [default: h2c]
+    #[arg(long, env = "REDFIRE_APP_PROTOCOL")]
+    pub app_protocol: Option<String>,
+    /// Load balancing: round_robin, weighted_round_robin, least_request, peak_ewma [default: peak_ewma]
+    #[arg(long, env = "REDFIRE_BALANCER")]
+    pub balancer: Option<String>,
+    /// Requests in flight per upstream service before fast failure [default: 1024]
+    #[arg(long, env = "REDFIRE_MAX_IN_FLIGHT")]
+    pub max_in_flight: Option<String>,
+    /// How long in-flight requests may finish after SIGTERM [default: 10s]
+    #[arg(long, env = "REDFIRE_SHUTDOWN_GRACE")]
+    pub shutdown_grace: Option<String>,
+    /// Log format: human or json [default: human]
+    #[arg(long, env = "REDFIRE_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// Log filter [default: info]
+    #[arg(long, env = "REDFIRE_LOG_LEVEL")]
+    pub log_level: Option<String>,
+}
+
+/// What the app behind the sidecar speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppProtocol {
+    /// HTTP/2 without TLS (gRPC servers).
+    H2c,
+    /// HTTP/1.1.
+    Http1,
+}
+
+/// Validated settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Control's gRPC URI.
+    pub control_addr: String,
+    /// Own service.
+    pub service: String,
+    /// Own namespace.
+    pub namespace: String,
+    /// Trust domain (peers' expected SPIFFE IDs are built in it).
+    pub trust_domain: String,
+    /// Bootstrap token.
+    pub bootstrap_token: String,
+    /// Registry instance id.
+    pub instance_id: String,
+    /// Inbound listen address.
+    pub inbound_addr: SocketAddr,
+    /// Advertised host.
+    pub advertise_address: String,
+    /// Shared outbound listener.
+    pub outbound_addr: SocketAddr,
+    /// Per-upstream listeners.
+    pub upstreams: Vec<(String, SocketAddr)>,
+    /// Admin listener.
+    pub admin_addr: SocketAddr,
+    /// App address.
+    pub app_addr: SocketAddr,
+    /// App protocol.
+    pub app_protocol: AppProtocol,
+    /// Balancing policy.
+    pub balancer: Policy,
+    /// Concurrency limit per upstream service.
+    pub max_in_flight: usize,
+    /// Drain grace period.
+    pub shutdown_grace: Duration,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Log filter.
+    pub log_level: String,
+}
+
+impl Settings {
+    /// `self` where given, else `other`.
+    pub fn or(self, other: Settings) -> Settings {
+        macro_rules! pick {
+            ($($f:ident),*) => { Settings { $($f: self.$f.or(other.$f)),* } };
+        }
+        pick!(
+            control_addr,
+            service,
+            namespace,
+            trust_domain,
+            bootstrap_token,
+            instance_id,
+            inbound_addr,
+            advertise_address,
+            outbound_addr,
+            upstreams,
+            admin_addr,
+            app_addr,
+            app_protocol,
+            balancer,
+            max_in_flight,
+            shutdown_grace,
+            log_format,
+            log_level
+        )
+    }
+}
+
+impl Config {
+    /// Parses `argv` (flags and environment) and the config file, if named.
+    pub fn load() -> Result<Config, ConfigError> {
+        let cli = Cli::parse();
+        let file = match &cli.config {
+            Some(p) => read_toml(p)?,
+            None => Settings::default(),
+        };
+        Config::from_settings(cli.settings.or(file))
+    }
+
+    /// Validates raw settings, filling defaults.
+    pub fn from_settings(s: Settings) -> Result<Config, ConfigError> {
+        let service = s.service.ok_or_else(|| err("service", "missing: the service this sidecar stands beside"))?;
+        validate_service_name(&service).map_err(|e| err("service", e.trim_start_matches("service: ")))?;
+        let namespace = s.namespace.unwrap_or_else(|| "default".into());
+        validate_service_name(&namespace).map_err(|e| err("namespace", e.trim_start_matches("service: ")))?;
+        let bootstrap_token = s
+            .bootstrap_token
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| err("bootstrap_token", "missing: create one with `redfire-control token create`"))?;
+        let control_addr = s.control_addr.unwrap_or_else(|| "http://127.0.0.1:15010".into());
+        if control_addr.parse::<http::Uri>().map(|u| u.scheme().is_none()).unwrap_or(true) {
+            return Err(err("control_addr", format!("{control_addr:?} is not a URI like http://127.0.0.1:15010")));
+        }
+        let mut upstreams = Vec::new();
+        for entry in s.upstreams.as_deref().unwrap_or("").split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let (name, listen) = entry
+                .split_once('=')
+                .ok_or_else(|| err("upstreams", format!("{entry:?} is not service=127.0.0.1:port")))?;
+            validate_service_name(name).map_err(|e| err("upstreams", e))?;
+            let listen = addr("upstreams", Some(listen.to_string()), "")?;
+            upstreams.push((name.to_string(), listen));
+        }
+        let app_protocol = match s.app_protocol.as_deref().unwrap_or("h2c") {
+            "h2c" => AppProtocol::H2c,
+            "http1" => AppProtocol::Http1,
+            other => return Err(err("app_protocol", format!("{other:?} is not one of h2c, http1"))),
+        };
+        let balancer = match s.balancer.as_deref().unwrap_or("peak_ewma") {
+            "round_robin" => Policy::RoundRobin,
+            "weighted_round_robin" => Policy::WeightedRoundRobin,
+            "least_request" => Policy::LeastRequest,
+            "peak_ewma" => Policy::PeakEwma,
+            other => {
+                return Err(err(
+                    "balancer",
+                    format!("{other:?} is not one of round_robin, weighted_round_robin, least_request, peak_ewma"),
+                ));
+            }
+        };
+        let max_in_flight = s.max_in_flight.unwrap_or_else(|| "1024".into());
+        let max_in_flight = match max_in_flight.parse::<usize>() {
+            Ok(n) if n > 0 => n,
+            _ => return Err(err("max_in_flight", format!("{max_in_flight:?} is not a number above 0"))),
+        };
+        let log_format = match s.log_format.as_deref().unwrap_or("human") {
+            "human" => LogFormat::Human,
+            "json" => LogFormat::Json,
+            other => return Err(err("log_format", format!("{other:?} is not one of human, json"))),
+        };
+        let log_level = s.log_level.unwrap_or_else(|| "info".into());
+        telemetry::valid_level(&log_level).map_err(|e| err("log_level", format!("{log_level:?}: {e}")))?;
+        Ok(Config {
+            control_addr,
+            instance_id: s.instance_id.unwrap_or_else(|| format!("{service}-{}", std::process::id())),
+            service,
+            namespace,
+            trust_domain: s.trust_domain.unwrap_or_else(|| "redfire.local".into()),
+            bootstrap_token,
+            inbound_addr: addr("inbound_addr", s.inbound_addr, "0.0.0.0:15006")?,
+            advertise_address: s.advertise_address.unwrap_or_else(|| "127.0.0.1".into()),
+            outbound_addr: addr("outbound_addr", s.outbound_addr, "127.0.0.1:15001")?,
+            upstreams,
+            admin_addr: addr("admin_addr", s.admin_addr, "127.0.0.1:15000")?,
+            app_addr: addr("app_addr", s.app_addr, "127.0.0.1:8080")?,
+            app_protocol,
+            balancer,
+            max_in_flight,
+            shutdown_grace: duration("shutdown_grace", s.shutdown_grace, "10s")?,
+            log_format,
+            log_level,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Settings {
+        Settings { service: Some("orders".into()), bootstrap_token: Some("t".into()), ..Default::default() }
+    }
+
+    #[test]
+    fn defaults_and_upstreams() {
+        let c = Config::from_settings(Settings {
+            upstreams: Some("users=127.0.0.1:9001, strategies=127.0.0.1:9002".into()),
+            ..base()
+        })
+        .unwrap();
+        assert_eq!(c.inbound_addr.to_string(), "0.0.0.0:15006");
+        assert_eq!(c.balancer, Policy::PeakEwma);
+        assert_eq!(c.upstreams.len(), 2);
+        assert_eq!(c.upstreams[1].0, "strategies");
+    }
+
+    #[test]
+    fn each_bad_value_names_its_key() {
+        let cases: Vec<(Settings, &str)> = vec![
+            (Settings { service: None, ..base() }, "service"),
+            (Settings { bootstrap_token: None, ..base() }, "bootstrap_token"),
+            (Settings { upstreams: Some("users:9001".into()), ..base() }, "upstreams"),
+            (Settings { app_protocol: Some("grpc".into()), ..base() }, "app_protocol"),
+            (Settings { balancer: Some("random".into()), ..base() }, "balancer"),
+            (Settings { control_addr: Some("127.0.0.1:15010".into()), ..base() }, "control_addr"),
+            (Settings { max_in_flight: Some("0".into()), ..base() }, "max_in_flight"),
+        ];
+        for (s, key) in cases {
+            let e = Config::from_settings(s).unwrap_err();
+            assert_eq!(e.key, key, "{e}");
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! `redfire-sidecar`: the RedFire Mesh sidecar.
+
+use std::process::ExitCode;
+
+use redfire::control::{shutdown, telemetry};
+use redfire::sidecar::config::Config;
+use redfire::sidecar::server::Sidecar;
+
+fn main() -> ExitCode {
+    let config = match Config::load() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("redfire-sidecar: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("redfire-sidecar: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let _telemetry = telemetry::init("redfire-sidecar", config.log_format, &config.log_level);
+        let sidecar = match Sidecar::start(config).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("redfire-sidecar: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        shutdown::signal().await;
+        sidecar.shutdown();
+        sidecar.wait().await;
+        ExitCode::SUCCESS
+    })
+}

@@ -1,0 +1,241 @@
+//! The outbound request path: app → 127.0.0.1 listener → pick an endpoint of
+//! the target service → HTTP/2 over mTLS to its sidecar.
+//!
+//! Per request, in order: name the service (the listener's upstream, or
+//! Host/:authority on the shared listener) → concurrency limit → deadline
+//! from `grpc-timeout` → balancer pick among endpoints the outlier detector
+//! allows → pooled connection → forward with the remaining deadline →
+//! outcome feeds the balancer (latency, overload) and the outlier detector.
+//! Bodies stream in both directions; nothing is buffered whole.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Request, Response, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use crate::sidecar::Body;
+use crate::sidecar::discovery::Discovery;
+use crate::sidecar::errors::ProxyError;
+use crate::sidecar::metrics::Metrics;
+use crate::sidecar::outbound::balance::{Feedback, PickContext};
+use crate::sidecar::outbound::pool::Pool;
+use crate::sidecar::outbound::retry::Outcome;
+
+/// Marks a request that entered the mesh as HTTP/1.1, so the inbound side
+/// hands it to the app as HTTP/1.1 again.
+pub const HTTP1_MARK: &str = "x-redfire-http1";
+
+/// Headers that belong to one HTTP/1.1 connection and never cross a hop.
+const HOP_BY_HOP: &[&str] =
+    &["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "proxy-authenticate"];
+
+/// See the module docs.
+#[derive(Debug)]
+pub struct Outbound {
+    discovery: Arc<Discovery>,
+    pool: Pool,
+    metrics: Arc<Metrics>,
+}
+
+impl Outbound {
+    /// The outbound path over `discovery`, dialing through `pool`.
+    pub fn new(discovery: Arc<Discovery>, pool: Pool, metrics: Arc<Metrics>) -> Self {
+        Outbound { discovery, pool, metrics }
+    }
+
+    /// Handles one request from the app. `service` is fixed on per-upstream
+    /// listeners and `None` on the shared one.
+    pub async fn handle(&self, service: Option<&str>, req: Request<Incoming>) -> Response<Body> {
+        let started = Instant::now();
+        let grpc = is_grpc(req.headers());
+        let named = service.map(str::to_string).or_else(|| authority_service(&req));
+        let label = named.clone().unwrap_or_default();
+        let resp = match named {
+            Some(s) => self.forward(&s, req, started).await.unwrap_or_else(|e| e.respond(grpc)),
+            None => ProxyError::NoService.respond(grpc),
+        };
+        self.metrics.observe("outbound", &label, &resp, started.elapsed());
+        resp
+    }
+
+    async fn forward(
+        &self,
+        service: &str,
+        req: Request<Incoming>,
+        started: Instant,
+    ) -> Result<Response<Body>, ProxyError> {
+        let upstream = self.discovery.upstream(service).await.map_err(|e| ProxyError::UnknownService(e.to_string()))?;
+        let _in_flight = upstream.limit.try_acquire().map_err(|e| ProxyError::LimitReached(e.to_string()))?;
+        let deadline = grpc_timeout(req.headers()).map(|t| started + t);
+        let set = upstream.set.load_full();
+        let available = |i| set.outliers.is_available(i);
+        let idx = set
+            .balancer
+            .pick(&PickContext::new().with_filter(&available))
+            .ok_or_else(|| ProxyError::NoEndpoints(service.to_string()))?;
+        let endpoint = set.balancer.endpoint(idx).ok_or_else(|| ProxyError::NoEndpoints(service.to_string()))?;
+        let expected = set.identities.get(idx.index()).ok_or_else(|| ProxyError::NoEndpoints(service.to_string()))?;
+        let admission = set.outliers.try_admit(idx);
+        let load = set.balancer.start(idx);
+
+        let mut sender = match self.pool.get(&endpoint.address, expected).await {
+            Ok(s) => s,
+            Err(e) => {
+                if let Some(a) = admission {
+                    a.failure();
+                }
+                if let Some(l) = load {
+                    l.finish(Feedback::Unreachable);
+                }
+                return Err(e);
+            }
+        };
+        let upstream_req = to_upstream(req, service, deadline)?;
+        let send = sender.send_request(upstream_req);
+        let result = match deadline {
+            Some(d) => match tokio::time::timeout(d.saturating_duration_since(Instant::now()), send).await {
+                Ok(r) => r.map_err(|e| ProxyError::Upstream(e.to_string())),
+                Err(_) => Err(ProxyError::DeadlineExceeded),
+            },
+            None => send.await.map_err(|e| ProxyError::Upstream(e.to_string())),
+        };
+        let outcome = match &result {
+            Ok(r) => Outcome::from_head(r.status(), r.headers(), is_grpc(r.headers())),
+            Err(ProxyError::DeadlineExceeded) => Some(Outcome::Grpc(tonic::Code::DeadlineExceeded)),
+            Err(_) => Some(Outcome::ConnectFailed),
+        };
+        let failed = outcome.as_ref().is_some_and(Outcome::is_endpoint_failure);
+        if let Some(a) = admission {
+            a.report(failed);
+        }
+        if let Some(l) = load {
+            l.finish(outcome.as_ref().map(Feedback::from).unwrap_or(Feedback::Responded));
+        }
+        let resp = result?;
+        Ok(resp.map(|b| b.map_err(Into::into).boxed_unsync()))
+    }
+}
+
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// The service named by `:authority` or `Host`, without a port.
+fn authority_service(req: &Request<Incoming>) -> Option<String> {
+    let host = req.uri().authority().map(|a| a.host().to_string()).or_else(|| {
+        req.headers().get(header::HOST)?.to_str().ok().map(|h| h.split(':').next().unwrap_or(h).to_string())
+    })?;
+    let name = host.split('.').next().unwrap_or(&host).to_string();
+    (!name.is_empty()).then_some(name)
+}
+
+/// `grpc-timeout` (`<digits><unit>`, gRPC over HTTP/2 spec) as a duration.
+pub fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get("grpc-timeout")?.to_str().ok()?;
+    if v.len() < 2 || v.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = v.split_at(v.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Formats a remaining budget for `grpc-timeout` (milliseconds, rounded up
+/// to at least 1 so a nearly spent budget is not sent as "no deadline").
+fn format_grpc_timeout(d: Duration) -> HeaderValue {
+    let ms = d.as_millis().clamp(1, 99_999_999);
+    HeaderValue::from_str(&format!("{ms}m")).unwrap_or_else(|_| HeaderValue::from_static("1m"))
+}
+
+/// Rewrites the app's request for the peer sidecar: HTTP/2, `:authority` =
+/// service, hop-by-hop headers dropped, the remaining deadline forwarded.
+fn to_upstream(req: Request<Incoming>, service: &str, deadline: Option<Instant>) -> Result<Request<Body>, ProxyError> {
+    let (mut parts, body) = req.into_parts();
+    let http1 = parts.version < Version::HTTP_2;
+    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    parts.uri = Uri::builder()
+        .scheme("https")
+        .authority(service)
+        .path_and_query(path)
+        .build()
+        .map_err(|e| ProxyError::Upstream(format!("bad request URI: {e}")))?;
+    parts.version = Version::HTTP_2;
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(header::HOST);
+    parts.headers.remove(HTTP1_MARK);
+    if http1 {
+        parts.headers.insert(HTTP1_MARK, HeaderValue::from_static("1"));
+    }
+    if let Some(d) = deadline {
+        let left = d.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ProxyError::DeadlineExceeded);
+        }
+        parts.headers.insert("grpc-timeout", format_grpc_timeout(left));
+    }
+    Ok(Request::from_parts(parts, body.map_err(Into::into).boxed_unsync()))
+}
+
+/// Removes hop-by-hop headers, including any named by `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
+        .collect();
+    for h in HOP_BY_HOP.iter().copied().chain(named.iter().map(String::as_str)) {
+        headers.remove(h);
+    }
+    // HTTP/2 allows `te` only as "trailers" (gRPC sends exactly that).
+    if headers.get(header::TE).is_some_and(|v| v != "trailers") {
+        headers.remove(header::TE);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_units_and_bad_values() {
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert("grpc-timeout", HeaderValue::from_str(v).unwrap());
+            grpc_timeout(&m)
+        };
+        assert_eq!(h("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(h("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(h("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(h("5u"), Some(Duration::from_micros(5)));
+        assert_eq!(h("m"), None);
+        assert_eq!(h("12x"), None);
+        assert_eq!(h("123456789m"), None, "at most 8 digits");
+        assert_eq!(format_grpc_timeout(Duration::from_micros(10)), "1m");
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_dropped() {
+        let mut m = HeaderMap::new();
+        m.insert("connection", HeaderValue::from_static("keep-alive, x-secret"));
+        m.insert("x-secret", HeaderValue::from_static("1"));
+        m.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        m.insert("te", HeaderValue::from_static("trailers"));
+        m.insert("x-user-id", HeaderValue::from_static("42"));
+        strip_hop_by_hop(&mut m);
+        assert!(m.get("x-secret").is_none() && m.get("transfer-encoding").is_none() && m.get("connection").is_none());
+        assert_eq!(m.get("te").unwrap(), "trailers");
+        assert_eq!(m.get("x-user-id").unwrap(), "42");
+    }
+}

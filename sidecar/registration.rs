@@ -1,0 +1,100 @@
+//! Keeps this sidecar's instance in the registry: registers at start, renews
+//! the lease over a KeepAlive stream (every third of the TTL, ≤ 3 s),
+//! registers again when the lease is lost (control restarted, lease expired),
+//! reports DRAINING when the drain starts and deregisters at the end.
+
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+use crate::proto::registry::v1 as pb;
+use crate::proto::registry::v1::registry_client::RegistryClient;
+
+/// Longest interval between renewals.
+const MAX_RENEW_INTERVAL: Duration = Duration::from_secs(3);
+
+/// Runs until the drain is over: `drain` turning true reports DRAINING,
+/// `finished` turning true (in-flight requests done) deregisters.
+pub async fn run(
+    mut client: RegistryClient<Channel>,
+    instance: pb::Instance,
+    mut drain: watch::Receiver<bool>,
+    mut finished: watch::Receiver<bool>,
+    registered: watch::Sender<bool>,
+) {
+    let mut failures = 0u32;
+    loop {
+        if *drain.borrow() {
+            return;
+        }
+        let req = pb::RegisterRequest { instance: Some(instance.clone()), ttl_ms: 0 };
+        let reg = match client.register(req).await {
+            Ok(r) => r.into_inner(),
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(error = %e, "cannot register with control; retrying");
+                backoff(failures, &mut drain).await;
+                continue;
+            }
+        };
+        failures = 0;
+        registered.send_replace(true);
+        tracing::info!(lease = reg.lease_id, "registered with control");
+        let interval = (Duration::from_millis(u64::from(reg.ttl_ms)) / 3).min(MAX_RENEW_INTERVAL);
+        let (tx, rx) = mpsc::channel(2);
+        let mut responses = match client.keep_alive(ReceiverStream::new(rx)).await {
+            Ok(r) => r.into_inner(),
+            Err(e) => {
+                tracing::warn!(error = %e, "keep-alive stream refused; registering again");
+                continue;
+            }
+        };
+        let mut tick = tokio::time::interval(interval);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if tx.send(pb::KeepAliveRequest { lease_id: reg.lease_id, health: 0 }).await.is_err() {
+                        break;
+                    }
+                    match tokio::time::timeout(interval * 2, responses.message()).await {
+                        Ok(Ok(Some(_))) => {}
+                        Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
+                            tracing::warn!("lease renewal failed; registering again");
+                            registered.send_replace(false);
+                            break;
+                        }
+                    }
+                }
+                () = async { let _ = drain.wait_for(|d| *d).await; } => {
+                    let draining = pb::KeepAliveRequest { lease_id: reg.lease_id, health: pb::Health::Draining as i32 };
+                    let _ = tx.send(draining).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(1), responses.message()).await;
+                    // Keep the lease (and DRAINING) until in-flight work is done.
+                    loop {
+                        tokio::select! {
+                            () = async { let _ = finished.wait_for(|f| *f).await; } => break,
+                            _ = tick.tick() => {
+                                let _ = tx.send(pb::KeepAliveRequest { lease_id: reg.lease_id, health: 0 }).await;
+                                let _ = responses.message().await;
+                            }
+                        }
+                    }
+                    let _ = client.deregister(pb::DeregisterRequest { lease_id: reg.lease_id }).await;
+                    registered.send_replace(false);
+                    tracing::info!("deregistered from control");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn backoff(failures: u32, drain: &mut watch::Receiver<bool>) {
+    let cap = Duration::from_millis(100).saturating_mul(1 << failures.min(6)).min(Duration::from_secs(5));
+    tokio::select! {
+        _ = tokio::time::sleep(cap.mul_f64(0.5 + fastrand::f64() / 2.0)) => {}
+        () = async { let _ = drain.wait_for(|d| *d).await; } => {}
+    }
+}
