@@ -83,6 +83,9 @@ pub struct Settings {
     /// How long in-flight requests may finish after SIGTERM [default: 10s]
     #[arg(long, env = "REDFIRE_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<String>,
+    /// Runtime worker threads [default: one per CPU]
+    #[arg(long, env = "REDFIRE_WORKER_THREADS")]
+    pub worker_threads: Option<String>,
     /// Log format: human or json [default: human]
     #[arg(long, env = "REDFIRE_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -135,6 +138,8 @@ pub struct Config {
     pub max_in_flight: usize,
     /// Drain grace period.
     pub shutdown_grace: Duration,
+    /// Runtime worker threads (`None`: one per CPU).
+    pub worker_threads: Option<usize>,
     /// Log format.
     pub log_format: LogFormat,
     /// Log filter.
@@ -164,6 +169,7 @@ impl Settings {
             balancer,
             max_in_flight,
             shutdown_grace,
+            worker_threads,
             log_format,
             log_level
         )
@@ -250,6 +256,13 @@ impl Config {
             balancer,
             max_in_flight,
             shutdown_grace: duration("shutdown_grace", s.shutdown_grace, "10s")?,
+            worker_threads: match s.worker_threads {
+                None => None,
+                Some(n) => match n.parse::<usize>() {
+                    Ok(n) if (1..=512).contains(&n) => Some(n),
+                    _ => return Err(err("worker_threads", format!("{n:?} is not a number in 1..=512"))),
+                },
+            },
             log_format,
             log_level,
         })
