@@ -74,3 +74,41 @@ fn invalid_config_exits_2_with_one_line_naming_the_key() {
     assert!(err.contains("line 2") && err.contains("watch_histroy"), "{err}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[tokio::test]
+async fn sidecar_sigterm_reports_draining_deregisters_and_exits_zero() {
+    use redfire::control::config::Config;
+    use redfire::control::identity::ca::Ca;
+    use redfire::control::identity::token;
+    let ctl = control(settings()).await;
+    let ca = Ca::load(Config::from_settings(settings()).unwrap().ca).await.unwrap();
+    let tok = token::create(&ca, "default", "lifecycle", Duration::from_secs(600)).unwrap();
+    let admin = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_redfire-sidecar"))
+        .args(["--control-addr", &format!("http://{}", ctl.grpc_addr), "--service", "lifecycle"])
+        .args(["--inbound-addr", "127.0.0.1:0", "--outbound-addr", "127.0.0.1:0"])
+        .args(["--admin-addr", &format!("127.0.0.1:{admin}"), "--shutdown-grace", "2s", "--log-level", "warn"])
+        .env("REDFIRE_BOOTSTRAP_TOKEN", tok)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let admin_addr = format!("127.0.0.1:{admin}").parse().unwrap();
+    let ready = eventually(Duration::from_secs(10), || async {
+        tokio::net::TcpStream::connect(admin_addr).await.is_ok() && http_get(admin_addr, "/ready").await.0 == 200
+    });
+    assert!(ready.await, "sidecar ready");
+    let mut c = client(ctl.grpc_addr).await;
+    let mut w =
+        Watcher::open(&mut c, pb::WatchRequest { services: vec!["lifecycle".into()], ..Default::default() }).await;
+    assert_eq!(w.snapshot(Duration::from_secs(5)).await.instances.len(), 1, "registered");
+
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let draining = w.change(Duration::from_secs(5)).await;
+    assert_eq!(draining.instance.unwrap().health, pb::Health::Draining as i32, "DRAINING first");
+    let gone = w.change(Duration::from_secs(5)).await;
+    assert!(is_delete(&gone) && gone.reason == "deregistered", "{gone:?}");
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await.unwrap().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    ctl.shutdown();
+}

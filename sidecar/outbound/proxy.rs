@@ -21,6 +21,7 @@ use crate::sidecar::discovery::Discovery;
 use crate::sidecar::errors::ProxyError;
 use crate::sidecar::metrics::Metrics;
 use crate::sidecar::outbound::balance::{Feedback, PickContext};
+use crate::sidecar::outbound::breaker::InFlight;
 use crate::sidecar::outbound::pool::Pool;
 use crate::sidecar::outbound::retry::Outcome;
 
@@ -68,7 +69,7 @@ impl Outbound {
         started: Instant,
     ) -> Result<Response<Body>, ProxyError> {
         let upstream = self.discovery.upstream(service).await.map_err(|e| ProxyError::UnknownService(e.to_string()))?;
-        let _in_flight = upstream.limit.try_acquire().map_err(|e| ProxyError::LimitReached(e.to_string()))?;
+        let in_flight = upstream.limit.try_acquire().map_err(|e| ProxyError::LimitReached(e.to_string()))?;
         let deadline = grpc_timeout(req.headers()).map(|t| started + t);
         let set = upstream.set.load_full();
         let available = |i| set.outliers.is_available(i);
@@ -115,7 +116,35 @@ impl Outbound {
             l.finish(outcome.as_ref().map(Feedback::from).unwrap_or(Feedback::Responded));
         }
         let resp = result?;
-        Ok(resp.map(|b| b.map_err(Into::into).boxed_unsync()))
+        // The request stays "in flight" for the concurrency limit until its
+        // response body ends (streams count for as long as they are open).
+        Ok(resp.map(|b| Guarded { inner: b.map_err(Into::into).boxed_unsync(), _in_flight: in_flight }.boxed_unsync()))
+    }
+}
+
+/// A response body that holds its request's concurrency slot until it ends.
+struct Guarded {
+    inner: Body,
+    _in_flight: InFlight,
+}
+
+impl hyper::body::Body for Guarded {
+    type Data = bytes::Bytes;
+    type Error = crate::sidecar::BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -4,6 +4,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod mesh;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};

@@ -1,0 +1,127 @@
+//! A two-sidecar mesh for tests: control, an echo app, sidecar B beside it
+//! (service `echo`) and sidecar A (service `client`) with an `echo` upstream
+//! listener.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http::{HeaderMap, HeaderValue, Request, Response};
+use http_body_util::{BodyExt, BodyStream, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use redfire::control::config::Config;
+use redfire::control::identity::ca::Ca;
+use redfire::control::identity::token;
+use redfire::control::server::Control;
+use redfire::sidecar::config::{Config as SidecarConfig, Settings as SidecarSettings};
+use redfire::sidecar::server::Sidecar;
+use tokio::net::TcpListener;
+
+use super::{control, eventually, http_get, settings};
+
+pub type BoxBody = http_body_util::combinators::UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// An app that streams the request body back, echoes the caller identity,
+/// the protocol version and the `grpc-timeout` it received in headers, and
+/// ends with gRPC trailers. A path ending in `/Hang` never answers.
+pub async fn echo_app(http1: bool) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let svc = service_fn(|req: Request<Incoming>| async move {
+                    if req.uri().path().ends_with("/Hang") {
+                        tokio::time::sleep(Duration::from_secs(60)).await;
+                    }
+                    let peer = req.headers().get("x-redfire-peer-identity").cloned();
+                    let timeout = req.headers().get("grpc-timeout").cloned();
+                    let version = format!("{:?}", req.version());
+                    let frames = BodyStream::new(req.into_body()).map(|f| f.map_err(Into::into));
+                    let mut trailers = HeaderMap::new();
+                    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+                    let end = futures::stream::once(async move { Ok(Frame::trailers(trailers)) });
+                    let body: BoxBody = StreamBody::new(frames.chain(end)).boxed_unsync();
+                    let mut resp = Response::new(body);
+                    resp.headers_mut().insert("content-type", HeaderValue::from_static("application/grpc"));
+                    resp.headers_mut().insert("x-app-version", HeaderValue::from_str(&version).unwrap());
+                    if let Some(p) = peer {
+                        resp.headers_mut().insert("x-peer", p);
+                    }
+                    if let Some(t) = timeout {
+                        resp.headers_mut().insert("x-grpc-timeout", t);
+                    }
+                    Ok::<_, Infallible>(resp)
+                });
+                let io = TokioIo::new(tcp);
+                if http1 {
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
+                } else {
+                    let _ =
+                        hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(io, svc).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+pub struct Mesh {
+    pub control: Control,
+    pub client_side: Sidecar,
+    pub server_side: Sidecar,
+}
+
+pub async fn mesh(app: SocketAddr, app_protocol: &str, client: Option<SidecarSettings>) -> Mesh {
+    let control = control(settings()).await;
+    let ca = Ca::load(Config::from_settings(settings()).unwrap().ca).await.unwrap();
+    let sidecar = |service: &str, upstreams: Option<String>, app_addr: String, extra: SidecarSettings| {
+        let tok = token::create(&ca, "default", service, Duration::from_secs(600)).unwrap();
+        SidecarConfig::from_settings(extra.or(SidecarSettings {
+            control_addr: Some(format!("http://{}", control.grpc_addr)),
+            service: Some(service.into()),
+            bootstrap_token: Some(tok),
+            inbound_addr: Some("127.0.0.1:0".into()),
+            outbound_addr: Some("127.0.0.1:0".into()),
+            admin_addr: Some("127.0.0.1:0".into()),
+            upstreams,
+            app_addr: Some(app_addr),
+            app_protocol: Some(app_protocol.into()),
+            shutdown_grace: Some("2s".into()),
+            log_level: Some("warn".into()),
+            ..Default::default()
+        }))
+        .unwrap()
+    };
+    let server_side = Sidecar::start(sidecar("echo", None, app.to_string(), SidecarSettings::default())).await.unwrap();
+    let client_side = Sidecar::start(sidecar(
+        "client",
+        Some("echo=127.0.0.1:0".into()),
+        "127.0.0.1:9".into(),
+        client.unwrap_or_default(),
+    ))
+    .await
+    .unwrap();
+    let ready = eventually(Duration::from_secs(10), || async {
+        let (_, body) = http_get(client_side.admin_addr, "/admin/endpoints").await;
+        http_get(client_side.admin_addr, "/ready").await.0 == 200
+            && http_get(server_side.admin_addr, "/ready").await.0 == 200
+            && body.contains(&format!("\"address\": \"127.0.0.1:{}\"", server_side.inbound_addr.port()))
+    })
+    .await;
+    assert!(ready, "both sidecars ready and the echo endpoint discovered");
+    Mesh { control, client_side, server_side }
+}
+
+pub async fn h2c_client(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<BoxBody> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http2::Builder::new(TokioExecutor::new()).handshake(TokioIo::new(tcp)).await.unwrap();
+    tokio::spawn(conn);
+    sender
+}
