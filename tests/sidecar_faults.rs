@@ -47,7 +47,7 @@ async fn per_service_limit_gives_fast_unavailable() {
     let m = mesh(echo_app(false).await, "h2c", Some(limited)).await;
     let mut c = h2c_client(m.client_side.upstream_addrs[0].1).await;
     let hung = c.send_request(call("/echo.Echo/Hang", None));
-    let hung = tokio::spawn(async move { hung.await });
+    let hung = tokio::spawn(hung);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let started = Instant::now();
     let resp = c.send_request(call("/echo.Echo/Say", None)).await.unwrap();
