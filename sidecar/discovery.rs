@@ -23,6 +23,7 @@ use crate::proto::registry::v1 as pb;
 use crate::proto::registry::v1::registry_client::RegistryClient;
 use crate::sidecar::outbound::balance::{BalanceConfig, Balancer, Endpoint};
 use crate::sidecar::outbound::breaker::{ConcurrencyLimit, OutlierConfig, OutlierDetector};
+use crate::sidecar::outbound::retry::RetryBudget;
 
 /// How long a request for a service waits for discovery's first snapshot
 /// before failing (DESIGN.md: unknown services fail within 3 s).
@@ -48,6 +49,8 @@ pub struct Upstream {
     pub set: ArcSwap<EndpointSet>,
     /// Requests in flight to this service.
     pub limit: ConcurrencyLimit,
+    /// Retries allowed to this service (20 % of requests + 10/s).
+    pub budget: RetryBudget,
 }
 
 /// Why a service cannot be used.
@@ -158,6 +161,7 @@ impl Discovery {
                         service: service.to_string(),
                         set: ArcSwap::from_pointee(set),
                         limit: ConcurrencyLimit::new(service, self.max_in_flight),
+                        budget: RetryBudget::default(),
                     }),
                 );
             }

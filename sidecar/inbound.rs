@@ -23,9 +23,11 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::sidecar::Body;
+use crate::sidecar::body::NonEmpty;
 use crate::sidecar::config::AppProtocol;
 use crate::sidecar::errors::ProxyError;
 use crate::sidecar::metrics::Metrics;
+use crate::sidecar::outbound::pool::{CONNECTION_WINDOW, STREAM_WINDOW};
 use crate::sidecar::outbound::proxy::{HTTP1_MARK, strip_hop_by_hop};
 use crate::sidecar::transport::tls::peer_spiffe_id;
 
@@ -71,6 +73,9 @@ impl Inbound {
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
             .http2_only(app_protocol == AppProtocol::H2c)
+            .http2_adaptive_window(false)
+            .http2_initial_connection_window_size(CONNECTION_WINDOW)
+            .http2_initial_stream_window_size(STREAM_WINDOW)
             .build(connector);
         Inbound { service, app_addr, app_protocol, app, tls, metrics }
     }
@@ -123,6 +128,8 @@ impl Inbound {
         let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .initial_stream_window_size(STREAM_WINDOW)
             .max_header_list_size(16 * 1024)
             .keep_alive_interval(Duration::from_secs(20))
             .serve_connection(TokioIo::new(tls), svc);
@@ -140,7 +147,7 @@ impl Inbound {
             .is_some_and(|v| v.starts_with("application/grpc"));
         let resp = match self.to_app(req, peer) {
             Ok(app_req) => match self.app.request(app_req).await {
-                Ok(r) => r.map(|b| b.map_err(Into::into).boxed_unsync()),
+                Ok(r) => r.map(|b| NonEmpty(b.map_err(Into::into).boxed_unsync()).boxed_unsync()),
                 Err(e) => ProxyError::App(e.to_string()).respond(grpc),
             },
             Err(e) => e.respond(grpc),
@@ -174,6 +181,6 @@ impl Inbound {
         } else {
             parts.version = Version::HTTP_2;
         }
-        Ok(Request::from_parts(parts, body.map_err(Into::into).boxed_unsync()))
+        Ok(Request::from_parts(parts, NonEmpty(body.map_err(Into::into).boxed_unsync()).boxed_unsync()))
     }
 }

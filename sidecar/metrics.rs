@@ -33,12 +33,22 @@ pub struct DirectionLabels {
     pub service: String,
 }
 
+/// Labels of the retry counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetryLabels {
+    /// Target service.
+    pub service: String,
+    /// `retried` or `budget_exhausted`.
+    pub result: &'static str,
+}
+
 /// Every metric of the sidecar.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: Family<DirectionLabels, Histogram>,
+    retries: Family<RetryLabels, Counter>,
     /// Seconds until the workload certificate expires (negative: expired).
     pub cert_expiry_seconds: Gauge,
 }
@@ -51,6 +61,8 @@ impl Default for Metrics {
             Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
         });
         let cert_expiry_seconds = Gauge::default();
+        let retries = Family::<RetryLabels, Counter>::default();
+        registry.register("retries", "retries sent, and retries refused by the budget", retries.clone());
         registry.register("requests", "requests by direction, service, status class and gRPC code", requests.clone());
         registry.register("response_latency_seconds", "time to response headers", latency.clone());
         registry.register(
@@ -58,7 +70,7 @@ impl Default for Metrics {
             "seconds until the workload certificate expires",
             cert_expiry_seconds.clone(),
         );
-        Metrics { registry, requests, latency, cert_expiry_seconds }
+        Metrics { registry, requests, latency, retries, cert_expiry_seconds }
     }
 }
 
@@ -77,6 +89,11 @@ impl Metrics {
         self.latency
             .get_or_create(&DirectionLabels { direction, service: service.to_string() })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Records a retry (`retried`) or one the budget refused (`budget_exhausted`).
+    pub fn retry(&self, service: &str, result: &'static str) {
+        self.retries.get_or_create(&RetryLabels { service: service.to_string(), result }).inc();
     }
 
     /// Prometheus text.

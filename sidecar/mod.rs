@@ -11,6 +11,7 @@
 //! - [`transport`] — mTLS between sidecars (TLS 1.3, SPIFFE identities).
 
 pub mod admin;
+pub mod body;
 pub mod config;
 pub mod discovery;
 pub mod errors;

@@ -20,4 +20,5 @@ pub mod balance;
 pub mod breaker;
 pub mod pool;
 pub mod proxy;
+pub mod replay;
 pub mod retry;

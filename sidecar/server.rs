@@ -27,7 +27,7 @@ use crate::sidecar::identity::{self, CredentialsRx, IdentityConfig};
 use crate::sidecar::inbound::Inbound;
 use crate::sidecar::metrics::Metrics;
 use crate::sidecar::outbound::balance::BalanceConfig;
-use crate::sidecar::outbound::pool::Pool;
+use crate::sidecar::outbound::pool::{CONNECTION_WINDOW, Pool, STREAM_WINDOW};
 use crate::sidecar::outbound::proxy::Outbound;
 use crate::sidecar::registration;
 use crate::sidecar::transport::tls::server_config;
@@ -223,7 +223,12 @@ async fn serve_outbound(listener: TcpListener, outbound: Arc<Outbound>, service:
                 let service = service.clone();
                 async move { Ok::<_, Infallible>(outbound.handle(service.as_deref(), req).await) }
             });
-            let builder = auto::Builder::new(TokioExecutor::new());
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http2()
+                .initial_connection_window_size(CONNECTION_WINDOW)
+                .initial_stream_window_size(STREAM_WINDOW)
+                .max_concurrent_streams(1024);
             let conn = builder.serve_connection(TokioIo::new(tcp), svc);
             tokio::pin!(conn);
             tokio::select! {

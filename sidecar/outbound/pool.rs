@@ -19,6 +19,14 @@ use crate::sidecar::transport::tls::{client_config, peer_server_name};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// HTTP/2 flow-control windows between sidecars. h2 sizes its budget of
+/// buffered small DATA frames from the connection window (half of it), so a
+/// window this size keeps many small gRPC messages in flight without the
+/// connection being closed as abusive.
+pub const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
+/// Per-stream window between sidecars.
+pub const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+
 type Slot = Arc<tokio::sync::Mutex<Option<SendRequest<Body>>>>;
 
 /// See the module docs.
@@ -89,6 +97,9 @@ impl Pool {
             .map_err(|e| fail(format!("TLS: {e}")))?;
         let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
+            .adaptive_window(false)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .initial_stream_window_size(STREAM_WINDOW)
             .keep_alive_interval(Duration::from_secs(20))
             .keep_alive_timeout(Duration::from_secs(5))
             .handshake(TokioIo::new(tls))

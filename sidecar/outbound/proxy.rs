@@ -5,7 +5,9 @@
 //! Host/:authority on the shared listener) → concurrency limit → deadline
 //! from `grpc-timeout` → balancer pick among endpoints the outlier detector
 //! allows → pooled connection → forward with the remaining deadline →
-//! outcome feeds the balancer (latency, overload) and the outlier detector.
+//! outcome feeds the balancer (latency, overload) and the outlier detector →
+//! retry (policy, budget, full-jitter backoff, inside the deadline) when the
+//! attempt failed retryably and the body could be kept (64 KiB).
 //! Bodies stream in both directions; nothing is buffered whole.
 
 use std::sync::Arc;
@@ -17,13 +19,16 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::sidecar::Body;
+use crate::sidecar::body::NonEmpty;
 use crate::sidecar::discovery::Discovery;
+use crate::sidecar::discovery::Upstream;
 use crate::sidecar::errors::ProxyError;
 use crate::sidecar::metrics::Metrics;
-use crate::sidecar::outbound::balance::{Feedback, PickContext};
+use crate::sidecar::outbound::balance::{EndpointIdx, Feedback, PickContext};
 use crate::sidecar::outbound::breaker::InFlight;
 use crate::sidecar::outbound::pool::Pool;
-use crate::sidecar::outbound::retry::Outcome;
+use crate::sidecar::outbound::replay::{Replay, ReplayBody};
+use crate::sidecar::outbound::retry::{Backoff, Decision, Outcome, RetryPolicy, RetryRequest};
 
 /// Marks a request that entered the mesh as HTTP/1.1, so the inbound side
 /// hands it to the app as HTTP/1.1 again.
@@ -39,12 +44,14 @@ pub struct Outbound {
     discovery: Arc<Discovery>,
     pool: Pool,
     metrics: Arc<Metrics>,
+    retry: RetryPolicy,
+    backoff: Backoff,
 }
 
 impl Outbound {
     /// The outbound path over `discovery`, dialing through `pool`.
     pub fn new(discovery: Arc<Discovery>, pool: Pool, metrics: Arc<Metrics>) -> Self {
-        Outbound { discovery, pool, metrics }
+        Outbound { discovery, pool, metrics, retry: RetryPolicy::default(), backoff: Backoff::default() }
     }
 
     /// Handles one request from the app. `service` is fixed on per-upstream
@@ -71,41 +78,84 @@ impl Outbound {
         let upstream = self.discovery.upstream(service).await.map_err(|e| ProxyError::UnknownService(e.to_string()))?;
         let in_flight = upstream.limit.try_acquire().map_err(|e| ProxyError::LimitReached(e.to_string()))?;
         let deadline = grpc_timeout(req.headers()).map(|t| started + t);
+        let (parts, body) = req.into_parts();
+        let method = parts.method.clone();
+        let replay = Replay::new(NonEmpty(body.map_err(Into::into).boxed_unsync()).boxed_unsync());
+        upstream.budget.deposit();
+        let mut attempts = 0u32;
+        let mut tried = Vec::new();
+        loop {
+            attempts += 1;
+            let (result, outcome) =
+                self.attempt(service, &upstream, &parts, replay.attempt(), deadline, &mut tried).await;
+            let Some(outcome) = outcome else { return result.map(|r| self.guard(r, in_flight)) };
+            let request = RetryRequest::new(&method, replay.replayable(), attempts);
+            if self.retry.decide(&request, &outcome) != Decision::Retry {
+                return result.map(|r| self.guard(r, in_flight));
+            }
+            if !upstream.budget.try_withdraw() {
+                self.metrics.retry(service, "budget_exhausted");
+                return result.map(|r| self.guard(r, in_flight));
+            }
+            let delay = self.backoff.delay(attempts - 1);
+            if deadline.is_some_and(|d| Instant::now() + delay >= d) {
+                return result.map(|r| self.guard(r, in_flight));
+            }
+            self.metrics.retry(service, "retried");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// One attempt on one endpoint. Returns the result and, when the attempt
+    /// failed in a way a retry could fix, its outcome.
+    async fn attempt(
+        &self,
+        service: &str,
+        upstream: &Upstream,
+        parts: &http::request::Parts,
+        body: ReplayBody,
+        deadline: Option<Instant>,
+        tried: &mut Vec<String>,
+    ) -> (Result<Response<Incoming>, ProxyError>, Option<Outcome>) {
         let set = upstream.set.load_full();
+        // A retry goes elsewhere when it can: endpoints already tried for
+        // this request are skipped unless nothing else is available.
+        let fresh = |i: EndpointIdx| {
+            set.outliers.is_available(i) && set.balancer.endpoint(i).is_some_and(|e| !tried.contains(&e.id))
+        };
         let available = |i| set.outliers.is_available(i);
         let idx = set
             .balancer
-            .pick(&PickContext::new().with_filter(&available))
-            .ok_or_else(|| ProxyError::NoEndpoints(service.to_string()))?;
-        let endpoint = set.balancer.endpoint(idx).ok_or_else(|| ProxyError::NoEndpoints(service.to_string()))?;
-        let expected = set.identities.get(idx.index()).ok_or_else(|| ProxyError::NoEndpoints(service.to_string()))?;
+            .pick(&PickContext::new().with_filter(&fresh))
+            .or_else(|| set.balancer.pick(&PickContext::new().with_filter(&available)));
+        let picked = idx.and_then(|idx| {
+            Some((idx, set.balancer.endpoint(idx)?.address.clone(), set.identities.get(idx.index())?.clone()))
+        });
+        let Some((idx, address, expected)) = picked else {
+            return (Err(ProxyError::NoEndpoints(service.to_string())), None);
+        };
+        if let Some(e) = set.balancer.endpoint(idx) {
+            tried.push(e.id.clone());
+        }
         let admission = set.outliers.try_admit(idx);
         let load = set.balancer.start(idx);
-
-        let mut sender = match self.pool.get(&endpoint.address, expected).await {
-            Ok(s) => s,
-            Err(e) => {
-                if let Some(a) = admission {
-                    a.failure();
-                }
-                if let Some(l) = load {
-                    l.finish(Feedback::Unreachable);
-                }
-                return Err(e);
+        let result = async {
+            let mut sender = self.pool.get(&address, &expected).await?;
+            let req = to_upstream(parts, body, service, deadline)?;
+            let send = sender.send_request(req);
+            match deadline {
+                Some(d) => match tokio::time::timeout(d.saturating_duration_since(Instant::now()), send).await {
+                    Ok(r) => r.map_err(|e| ProxyError::Upstream(e.to_string())),
+                    Err(_) => Err(ProxyError::DeadlineExceeded),
+                },
+                None => send.await.map_err(|e| ProxyError::Upstream(e.to_string())),
             }
-        };
-        let upstream_req = to_upstream(req, service, deadline)?;
-        let send = sender.send_request(upstream_req);
-        let result = match deadline {
-            Some(d) => match tokio::time::timeout(d.saturating_duration_since(Instant::now()), send).await {
-                Ok(r) => r.map_err(|e| ProxyError::Upstream(e.to_string())),
-                Err(_) => Err(ProxyError::DeadlineExceeded),
-            },
-            None => send.await.map_err(|e| ProxyError::Upstream(e.to_string())),
-        };
+        }
+        .await;
         let outcome = match &result {
             Ok(r) => Outcome::from_head(r.status(), r.headers(), is_grpc(r.headers())),
             Err(ProxyError::DeadlineExceeded) => Some(Outcome::Grpc(tonic::Code::DeadlineExceeded)),
+            Err(ProxyError::NoIdentity) => None,
             Err(_) => Some(Outcome::ConnectFailed),
         };
         let failed = outcome.as_ref().is_some_and(Outcome::is_endpoint_failure);
@@ -115,11 +165,22 @@ impl Outbound {
         if let Some(l) = load {
             l.finish(outcome.as_ref().map(Feedback::from).unwrap_or(Feedback::Responded));
         }
-        let resp = result?;
+        let retryable = outcome.filter(|o| !matches!(o, Outcome::Grpc(tonic::Code::Ok)) && !is_success(o));
+        (result, retryable)
+    }
+
+    fn guard(&self, resp: Response<Incoming>, in_flight: InFlight) -> Response<Body> {
         // The request stays "in flight" for the concurrency limit until its
         // response body ends (streams count for as long as they are open).
-        Ok(resp.map(|b| Guarded { inner: b.map_err(Into::into).boxed_unsync(), _in_flight: in_flight }.boxed_unsync()))
+        resp.map(|b| {
+            let inner = NonEmpty(b.map_err(Into::into).boxed_unsync()).boxed_unsync();
+            Guarded { inner, _in_flight: in_flight }.boxed_unsync()
+        })
     }
+}
+
+fn is_success(o: &Outcome) -> bool {
+    matches!(o, Outcome::Http(s) if s.is_success() || s.is_informational() || s.is_redirection())
 }
 
 /// A response body that holds its request's concurrency slot until it ends.
@@ -187,33 +248,42 @@ fn format_grpc_timeout(d: Duration) -> HeaderValue {
     HeaderValue::from_str(&format!("{ms}m")).unwrap_or_else(|_| HeaderValue::from_static("1m"))
 }
 
-/// Rewrites the app's request for the peer sidecar: HTTP/2, `:authority` =
-/// service, hop-by-hop headers dropped, the remaining deadline forwarded.
-fn to_upstream(req: Request<Incoming>, service: &str, deadline: Option<Instant>) -> Result<Request<Body>, ProxyError> {
-    let (mut parts, body) = req.into_parts();
-    let http1 = parts.version < Version::HTTP_2;
-    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    parts.uri = Uri::builder()
+/// Builds one attempt's request for the peer sidecar: HTTP/2, `:authority`
+/// = service, hop-by-hop headers dropped, the remaining deadline forwarded.
+fn to_upstream(
+    original: &http::request::Parts,
+    body: ReplayBody,
+    service: &str,
+    deadline: Option<Instant>,
+) -> Result<Request<Body>, ProxyError> {
+    let http1 = original.version < Version::HTTP_2;
+    let path = original.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let uri = Uri::builder()
         .scheme("https")
         .authority(service)
         .path_and_query(path)
         .build()
         .map_err(|e| ProxyError::Upstream(format!("bad request URI: {e}")))?;
-    parts.version = Version::HTTP_2;
-    strip_hop_by_hop(&mut parts.headers);
-    parts.headers.remove(header::HOST);
-    parts.headers.remove(HTTP1_MARK);
+    let mut req = Request::new(body.boxed_unsync());
+    *req.method_mut() = original.method.clone();
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_2;
+    let headers = req.headers_mut();
+    *headers = original.headers.clone();
+    strip_hop_by_hop(headers);
+    headers.remove(header::HOST);
+    headers.remove(HTTP1_MARK);
     if http1 {
-        parts.headers.insert(HTTP1_MARK, HeaderValue::from_static("1"));
+        headers.insert(HTTP1_MARK, HeaderValue::from_static("1"));
     }
     if let Some(d) = deadline {
         let left = d.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(ProxyError::DeadlineExceeded);
         }
-        parts.headers.insert("grpc-timeout", format_grpc_timeout(left));
+        headers.insert("grpc-timeout", format_grpc_timeout(left));
     }
-    Ok(Request::from_parts(parts, body.map_err(Into::into).boxed_unsync()))
+    Ok(req)
 }
 
 /// Removes hop-by-hop headers, including any named by `Connection`.

@@ -71,6 +71,34 @@ pub async fn echo_app(http1: bool) -> SocketAddr {
     addr
 }
 
+/// A unary gRPC-style app: reads the whole request, then answers with the
+/// same bytes and `grpc-status: 0` in one go (as a real unary server does).
+pub async fn unary_app() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let svc = service_fn(|req: Request<Incoming>| async move {
+                    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                    let mut trailers = HeaderMap::new();
+                    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+                    let frames = vec![Ok(Frame::data(body)), Ok(Frame::trailers(trailers))];
+                    let body: BoxBody = StreamBody::new(futures::stream::iter(frames)).boxed_unsync();
+                    let mut resp = Response::new(body);
+                    resp.headers_mut().insert("content-type", HeaderValue::from_static("application/grpc"));
+                    Ok::<_, Infallible>(resp)
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
 pub struct Mesh {
     pub control: Control,
     pub client_side: Sidecar,
