@@ -89,6 +89,16 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 
 /// Serves the admin port until `stop` resolves.
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>, stop: impl std::future::Future<Output = ()>) {
+    serve_http1(listener, move |req| admin.handle(req), stop).await
+}
+
+/// An HTTP/1.1 accept loop for admin ports: `handle` answers each request
+/// (no I/O of its own), header reads time out after 10 s, `stop` ends it.
+pub async fn serve_http1<F>(listener: TcpListener, handle: F, stop: impl std::future::Future<Output = ()>)
+where
+    F: Fn(&Request<Incoming>) -> Response<Full<Bytes>> + Send + Sync + 'static,
+{
+    let handle = Arc::new(handle);
     tokio::pin!(stop);
     loop {
         let (stream, _) = tokio::select! {
@@ -102,10 +112,10 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, stop: impl std::fut
                 }
             },
         };
-        let admin = admin.clone();
+        let handle = handle.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
-                let r = admin.handle(&req);
+                let r = handle(&req);
                 async move { Ok::<_, Infallible>(r) }
             });
             let conn = hyper::server::conn::http1::Builder::new()

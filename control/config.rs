@@ -238,6 +238,18 @@ pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, Confi
     })
 }
 
+/// Parses `log_format` (human, json) and `log_level` (an `EnvFilter`).
+pub fn log_settings(format: Option<String>, level: Option<String>) -> Result<(LogFormat, String), ConfigError> {
+    let format = match format.as_deref().unwrap_or("human") {
+        "human" => LogFormat::Human,
+        "json" => LogFormat::Json,
+        other => return Err(err("log_format", format!("{other:?} is not one of human, json"))),
+    };
+    let level = level.unwrap_or_else(|| "info".into());
+    telemetry::valid_level(&level).map_err(|e| err("log_level", format!("{level:?}: {e}")))?;
+    Ok((format, level))
+}
+
 /// Parses a duration setting (`500ms`, `10s`), or `default`.
 pub fn duration(key: &str, v: Option<String>, default: &str) -> Result<Duration, ConfigError> {
     let s = v.unwrap_or_else(|| default.into());
@@ -289,13 +301,7 @@ impl Config {
             Ok(n) if (1..=10_000_000).contains(&n) => n,
             _ => return Err(err("watch_history", format!("{watch_history:?} is not a number in 1..=10000000"))),
         };
-        let log_format = match s.log_format.as_deref().unwrap_or("human") {
-            "human" => LogFormat::Human,
-            "json" => LogFormat::Json,
-            other => return Err(err("log_format", format!("{other:?} is not one of human, json"))),
-        };
-        let log_level = s.log_level.unwrap_or_else(|| "info".into());
-        telemetry::valid_level(&log_level).map_err(|e| err("log_level", format!("{log_level:?}: {e}")))?;
+        let (log_format, log_level) = log_settings(s.log_format, s.log_level)?;
         let ca = ca_config(ca_settings, &store, &redis_url, &redis_prefix)?;
         let c = Config {
             grpc_addr: addr("grpc_addr", s.grpc_addr, "127.0.0.1:15010")?,

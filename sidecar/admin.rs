@@ -3,15 +3,12 @@
 //! `/admin/endpoints` (every upstream's endpoints with load and health) and
 //! `/admin/config`.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::sidecar::config::Config;
@@ -134,26 +131,5 @@ fn text(status: StatusCode, body: String, content_type: &'static str) -> Respons
 
 /// Serves the admin port until `stop` resolves.
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>, stop: impl std::future::Future<Output = ()>) {
-    tokio::pin!(stop);
-    loop {
-        let (stream, _) = tokio::select! {
-            _ = &mut stop => return,
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(_) => continue,
-            },
-        };
-        let admin = admin.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let r = admin.handle(&req);
-                async move { Ok::<_, Infallible>(r) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
-    }
+    crate::control::admin::serve_http1(listener, move |req| admin.handle(req), stop).await
 }

@@ -10,9 +10,9 @@ use std::time::Duration;
 use clap::{Args, Parser};
 use serde::Deserialize;
 
-use crate::control::config::{ConfigError, addr, duration, err, read_toml};
+use crate::control::config::{ConfigError, addr, duration, err, log_settings, read_toml};
 use crate::control::registry::model::validate_service_name;
-use crate::control::telemetry::{self, LogFormat};
+use crate::control::telemetry::LogFormat;
 use crate::sidecar::outbound::balance::Policy;
 
 /// Command line of `redfire-sidecar`.
@@ -232,13 +232,7 @@ impl Config {
             Ok(n) if n > 0 => n,
             _ => return Err(err("max_in_flight", format!("{max_in_flight:?} is not a number above 0"))),
         };
-        let log_format = match s.log_format.as_deref().unwrap_or("human") {
-            "human" => LogFormat::Human,
-            "json" => LogFormat::Json,
-            other => return Err(err("log_format", format!("{other:?} is not one of human, json"))),
-        };
-        let log_level = s.log_level.unwrap_or_else(|| "info".into());
-        telemetry::valid_level(&log_level).map_err(|e| err("log_level", format!("{log_level:?}: {e}")))?;
+        let (log_format, log_level) = log_settings(s.log_format, s.log_level)?;
         Ok(Config {
             control_addr,
             instance_id: s.instance_id.unwrap_or_else(|| format!("{service}-{}", std::process::id())),
