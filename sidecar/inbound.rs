@@ -22,6 +22,7 @@ use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use crate::control::shutdown::Drain;
 use crate::sidecar::Body;
 use crate::sidecar::body::NonEmpty;
 use crate::sidecar::config::AppProtocol;
@@ -80,12 +81,15 @@ impl Inbound {
         Inbound { service, app_addr, app_protocol, app, tls, metrics }
     }
 
-    /// Accepts peer connections until `stop` resolves.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, stop: impl std::future::Future<Output = ()>) {
+    /// Accepts peer connections until the drain starts, then lets open
+    /// connections finish their in-flight requests (graceful GOAWAY).
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, drain: Drain) {
+        let mut conns = tokio::task::JoinSet::new();
+        let stop = drain.started();
         tokio::pin!(stop);
         loop {
             let (tcp, remote) = tokio::select! {
-                _ = &mut stop => return,
+                _ = &mut stop => break,
                 a = listener.accept() => match a {
                     Ok(a) => a,
                     Err(e) => {
@@ -96,11 +100,12 @@ impl Inbound {
                 },
             };
             let this = self.clone();
-            tokio::spawn(async move { this.connection(tcp, remote).await });
+            conns.spawn(this.connection(tcp, remote, drain.clone()));
         }
+        while conns.join_next().await.is_some() {}
     }
 
-    async fn connection(self: Arc<Self>, tcp: tokio::net::TcpStream, remote: SocketAddr) {
+    async fn connection(self: Arc<Self>, tcp: tokio::net::TcpStream, remote: SocketAddr, drain: Drain) {
         let Some(config) = self.tls.load_full() else {
             tracing::warn!(%remote, "refusing a peer: no workload certificate");
             return;
@@ -133,7 +138,15 @@ impl Inbound {
             .max_header_list_size(16 * 1024)
             .keep_alive_interval(Duration::from_secs(20))
             .serve_connection(TokioIo::new(tls), svc);
-        if let Err(e) = conn.await {
+        tokio::pin!(conn);
+        let result = tokio::select! {
+            r = conn.as_mut() => r,
+            _ = drain.started() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = result {
             tracing::debug!(%remote, error = %e, "inbound connection ended");
         }
     }

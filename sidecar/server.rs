@@ -142,7 +142,7 @@ impl Sidecar {
         for (service, l) in upstream_ls {
             servers.spawn(serve_outbound(l, outbound.clone(), Some(service), drain.clone()));
         }
-        servers.spawn(inbound.serve(inbound_l, started(drain.clone())));
+        servers.spawn(inbound.serve(inbound_l, drain.clone()));
         let admin_stop = Drain::default();
         let admin_task = tokio::spawn(admin::serve(admin_l, admin, started(admin_stop.clone())));
 

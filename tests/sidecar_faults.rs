@@ -88,3 +88,39 @@ async fn control_killed_keeps_routes_in_use_and_fails_unknown_services_fast() {
     m.client_side.shutdown();
     m.server_side.shutdown();
 }
+
+#[tokio::test]
+async fn inbound_drain_lets_an_in_flight_stream_finish() {
+    use futures::StreamExt;
+    use http_body_util::{BodyStream, StreamBody};
+    use hyper::body::Frame;
+    let m = mesh(echo_app(false).await, "h2c", None).await;
+    let mut c = h2c_client(m.client_side.upstream_addrs[0].1).await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>>(1);
+    let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed_unsync();
+    let req = Request::post("http://echo/echo.Echo/Chat")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(body)
+        .unwrap();
+    let resp = c.send_request(req).await.unwrap();
+    let mut frames = BodyStream::new(resp.into_body());
+    tx.send(Ok(Frame::data(Bytes::from_static(b"before")))).await.unwrap();
+    assert_eq!(frames.next().await.unwrap().unwrap().into_data().unwrap(), "before");
+
+    // Sidecar B starts draining with the stream open (2 s grace): it must
+    // not stop (deregister, exit) while the stream is in flight.
+    let Mesh { control, client_side, server_side } = m;
+    server_side.shutdown();
+    let stopped = tokio::spawn(server_side.wait());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!stopped.is_finished(), "the drain waits for the in-flight stream");
+    tx.send(Ok(Frame::data(Bytes::from_static(b"after")))).await.unwrap();
+    assert_eq!(frames.next().await.unwrap().unwrap().into_data().unwrap(), "after");
+    drop(tx);
+    let trailers = frames.next().await.unwrap().unwrap().into_trailers().unwrap();
+    assert_eq!(trailers["grpc-status"], "0", "the stream finished normally during the drain");
+    tokio::time::timeout(Duration::from_secs(3), stopped).await.expect("stops once the stream is done").unwrap();
+    client_side.shutdown();
+    control.shutdown();
+}
