@@ -22,7 +22,6 @@ pub async fn run(
     instance: pb::Instance,
     mut drain: watch::Receiver<bool>,
     mut finished: watch::Receiver<bool>,
-    registered: watch::Sender<bool>,
 ) {
     let mut failures = 0u32;
     loop {
@@ -40,7 +39,6 @@ pub async fn run(
             }
         };
         failures = 0;
-        registered.send_replace(true);
         tracing::info!(lease = reg.lease_id, "registered with control");
         let interval = (Duration::from_millis(u64::from(reg.ttl_ms)) / 3).min(MAX_RENEW_INTERVAL);
         let (tx, rx) = mpsc::channel(2);
@@ -62,7 +60,6 @@ pub async fn run(
                         Ok(Ok(Some(_))) => {}
                         Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
                             tracing::warn!("lease renewal failed; registering again");
-                            registered.send_replace(false);
                             break;
                         }
                     }
@@ -82,7 +79,6 @@ pub async fn run(
                         }
                     }
                     let _ = client.deregister(pb::DeregisterRequest { lease_id: reg.lease_id }).await;
-                    registered.send_replace(false);
                     tracing::info!("deregistered from control");
                     return;
                 }

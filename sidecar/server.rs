@@ -61,8 +61,6 @@ pub struct Sidecar {
     pub inbound_addr: SocketAddr,
     /// The admin port.
     pub admin_addr: SocketAddr,
-    /// Workload credentials as they change.
-    pub credentials: CredentialsRx,
     drain: Drain,
     task: tokio::task::JoinHandle<()>,
 }
@@ -122,9 +120,7 @@ impl Sidecar {
             metadata,
             ..Default::default()
         };
-        let (registered_tx, _registered) = watch::channel(false);
-        let registration =
-            tokio::spawn(registration::run(registry, instance, drain.subscribe(), finished_rx, registered_tx));
+        let registration = tokio::spawn(registration::run(registry, instance, drain.subscribe(), finished_rx));
 
         let outbound = Arc::new(Outbound::new(discovery.clone(), Pool::new(creds.clone()), metrics.clone()));
         let inbound =
@@ -165,7 +161,7 @@ impl Sidecar {
             }
         });
         tracing::info!(%outbound_addr, %inbound_addr, %admin_addr, service = %config.service, "redfire-sidecar serving");
-        Ok(Sidecar { outbound_addr, upstream_addrs, inbound_addr, admin_addr, credentials: creds, drain, task })
+        Ok(Sidecar { outbound_addr, upstream_addrs, inbound_addr, admin_addr, drain, task })
     }
 
     /// Starts draining (as SIGTERM does).
