@@ -29,70 +29,68 @@ pub type BoxBody = http_body_util::combinators::UnsyncBoxBody<Bytes, Box<dyn std
 /// the protocol version and the `grpc-timeout` it received in headers, and
 /// ends with gRPC trailers. A path ending in `/Hang` never answers.
 pub async fn echo_app(http1: bool) -> SocketAddr {
+    serve_app(http1, |req: Request<Incoming>| async move {
+        if req.uri().path().ends_with("/Hang") {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        }
+        let peer = req.headers().get("x-redfire-peer-identity").cloned();
+        let timeout = req.headers().get("grpc-timeout").cloned();
+        let version = format!("{:?}", req.version());
+        let frames = BodyStream::new(req.into_body()).map(|f| f.map_err(Into::into));
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        let end = futures::stream::once(async move { Ok(Frame::trailers(trailers)) });
+        let body: BoxBody = StreamBody::new(frames.chain(end)).boxed_unsync();
+        let mut resp = Response::new(body);
+        resp.headers_mut().insert("content-type", HeaderValue::from_static("application/grpc"));
+        resp.headers_mut().insert("x-app-version", HeaderValue::from_str(&version).unwrap());
+        if let Some(p) = peer {
+            resp.headers_mut().insert("x-peer", p);
+        }
+        if let Some(t) = timeout {
+            resp.headers_mut().insert("x-grpc-timeout", t);
+        }
+        Ok::<_, Infallible>(resp)
+    })
+    .await
+}
+
+/// A unary gRPC-style app: reads the whole request, then answers with the
+/// same bytes and `grpc-status: 0` in one go (as a real unary server does).
+pub async fn unary_app() -> SocketAddr {
+    serve_app(false, |req: Request<Incoming>| async move {
+        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        let frames = vec![Ok(Frame::data(body)), Ok(Frame::trailers(trailers))];
+        let body: BoxBody = StreamBody::new(futures::stream::iter(frames)).boxed_unsync();
+        let mut resp = Response::new(body);
+        resp.headers_mut().insert("content-type", HeaderValue::from_static("application/grpc"));
+        Ok::<_, Infallible>(resp)
+    })
+    .await
+}
+
+/// Serves `handle` on a free 127.0.0.1 port, HTTP/1.1 or h2c, until the test ends.
+async fn serve_app<F, Fut>(http1: bool, handle: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Copy + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Response<BoxBody>, Infallible>> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else { return };
             tokio::spawn(async move {
-                let svc = service_fn(|req: Request<Incoming>| async move {
-                    if req.uri().path().ends_with("/Hang") {
-                        tokio::time::sleep(Duration::from_secs(60)).await;
-                    }
-                    let peer = req.headers().get("x-redfire-peer-identity").cloned();
-                    let timeout = req.headers().get("grpc-timeout").cloned();
-                    let version = format!("{:?}", req.version());
-                    let frames = BodyStream::new(req.into_body()).map(|f| f.map_err(Into::into));
-                    let mut trailers = HeaderMap::new();
-                    trailers.insert("grpc-status", HeaderValue::from_static("0"));
-                    let end = futures::stream::once(async move { Ok(Frame::trailers(trailers)) });
-                    let body: BoxBody = StreamBody::new(frames.chain(end)).boxed_unsync();
-                    let mut resp = Response::new(body);
-                    resp.headers_mut().insert("content-type", HeaderValue::from_static("application/grpc"));
-                    resp.headers_mut().insert("x-app-version", HeaderValue::from_str(&version).unwrap());
-                    if let Some(p) = peer {
-                        resp.headers_mut().insert("x-peer", p);
-                    }
-                    if let Some(t) = timeout {
-                        resp.headers_mut().insert("x-grpc-timeout", t);
-                    }
-                    Ok::<_, Infallible>(resp)
-                });
                 let io = TokioIo::new(tcp);
+                let svc = service_fn(handle);
                 if http1 {
                     let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
                 } else {
                     let _ =
                         hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(io, svc).await;
                 }
-            });
-        }
-    });
-    addr
-}
-
-/// A unary gRPC-style app: reads the whole request, then answers with the
-/// same bytes and `grpc-status: 0` in one go (as a real unary server does).
-pub async fn unary_app() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else { return };
-            tokio::spawn(async move {
-                let svc = service_fn(|req: Request<Incoming>| async move {
-                    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                    let mut trailers = HeaderMap::new();
-                    trailers.insert("grpc-status", HeaderValue::from_static("0"));
-                    let frames = vec![Ok(Frame::data(body)), Ok(Frame::trailers(trailers))];
-                    let body: BoxBody = StreamBody::new(futures::stream::iter(frames)).boxed_unsync();
-                    let mut resp = Response::new(body);
-                    resp.headers_mut().insert("content-type", HeaderValue::from_static("application/grpc"));
-                    Ok::<_, Infallible>(resp)
-                });
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
             });
         }
     });
