@@ -83,9 +83,13 @@ pub struct Settings {
     /// How long in-flight requests may finish after SIGTERM [default: 10s]
     #[arg(long, env = "REDFIRE_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<String>,
-    /// Runtime worker threads [default: one per CPU]
+    /// Runtime worker threads; 1 runs everything on the main thread [default: one per CPU]
     #[arg(long, env = "REDFIRE_WORKER_THREADS")]
     pub worker_threads: Option<String>,
+    /// DEVELOPMENT ONLY: plaintext HTTP/2 between sidecars, no mTLS, no peer identity.
+    /// Both sides must agree; a warning is logged at start [default: false]
+    #[arg(long, env = "REDFIRE_DEV_PLAINTEXT", num_args = 0..=1, default_missing_value = "true")]
+    pub dev_plaintext: Option<String>,
     /// Log format: human or json [default: human]
     #[arg(long, env = "REDFIRE_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -140,6 +144,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Runtime worker threads (`None`: one per CPU).
     pub worker_threads: Option<usize>,
+    /// Plaintext between sidecars (development only).
+    pub dev_plaintext: bool,
     /// Log format.
     pub log_format: LogFormat,
     /// Log filter.
@@ -170,6 +176,7 @@ impl Settings {
             max_in_flight,
             shutdown_grace,
             worker_threads,
+            dev_plaintext,
             log_format,
             log_level
         )
@@ -257,6 +264,11 @@ impl Config {
                     _ => return Err(err("worker_threads", format!("{n:?} is not a number in 1..=512"))),
                 },
             },
+            dev_plaintext: match s.dev_plaintext.as_deref().unwrap_or("false") {
+                "true" | "1" => true,
+                "false" | "0" => false,
+                other => return Err(err("dev_plaintext", format!("{other:?} is not true or false"))),
+            },
             log_format,
             log_level,
         })
@@ -294,6 +306,7 @@ mod tests {
             (Settings { balancer: Some("random".into()), ..base() }, "balancer"),
             (Settings { control_addr: Some("127.0.0.1:15010".into()), ..base() }, "control_addr"),
             (Settings { max_in_flight: Some("0".into()), ..base() }, "max_in_flight"),
+            (Settings { dev_plaintext: Some("yes".into()), ..base() }, "dev_plaintext"),
         ];
         for (s, key) in cases {
             let e = Config::from_settings(s).unwrap_err();

@@ -10,7 +10,7 @@
 //! fails fast.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -21,8 +21,9 @@ use crate::control::identity::ca::spiffe_id;
 use crate::control::registry::model::Instance;
 use crate::proto::registry::v1 as pb;
 use crate::proto::registry::v1::registry_client::RegistryClient;
-use crate::sidecar::outbound::balance::{BalanceConfig, Balancer, Endpoint};
+use crate::sidecar::outbound::balance::{BalanceConfig, Balancer, Endpoint, EndpointIdx};
 use crate::sidecar::outbound::breaker::{ConcurrencyLimit, OutlierConfig, OutlierDetector};
+use crate::sidecar::outbound::pool::{Pool, Slot};
 use crate::sidecar::outbound::retry::RetryBudget;
 
 /// How long a request for a service waits for discovery's first snapshot
@@ -38,6 +39,25 @@ pub struct EndpointSet {
     pub outliers: OutlierDetector,
     /// The SPIFFE ID each endpoint must present, by endpoint index.
     pub identities: Vec<String>,
+    /// Each endpoint's pooled connection, looked up on first use.
+    conns: Vec<OnceLock<Arc<Slot>>>,
+}
+
+impl EndpointSet {
+    fn new(balancer: Balancer, outliers: OutlierDetector, identities: Vec<String>) -> Self {
+        let conns = (0..identities.len()).map(|_| OnceLock::new()).collect();
+        EndpointSet { balancer, outliers, identities, conns }
+    }
+
+    /// The connection slot of the endpoint at `idx`, from `pool`.
+    pub fn conn(&self, idx: EndpointIdx, pool: &Pool) -> Option<&Slot> {
+        let cell = self.conns.get(idx.index())?;
+        if let Some(slot) = cell.get() {
+            return Some(slot);
+        }
+        let address = &self.balancer.endpoint(idx)?.address;
+        Some(cell.get_or_init(|| pool.slot(address, &self.identities[idx.index()])))
+    }
 }
 
 /// An upstream service as the outbound path sees it.
@@ -45,6 +65,8 @@ pub struct EndpointSet {
 pub struct Upstream {
     /// Service name.
     pub service: String,
+    /// The service name as the `:authority` of requests to its sidecars.
+    pub authority: Option<http::uri::Authority>,
     /// The current endpoints.
     pub set: ArcSwap<EndpointSet>,
     /// Requests in flight to this service.
@@ -142,23 +164,21 @@ impl Discovery {
         match map.get(service) {
             Some(u) => {
                 let old = u.set.load();
-                let next = EndpointSet {
-                    balancer: old.balancer.update(endpoints.clone()),
-                    outliers: old.outliers.update(&endpoints),
+                let next = EndpointSet::new(
+                    old.balancer.update(endpoints.clone()),
+                    old.outliers.update(&endpoints),
                     identities,
-                };
+                );
                 u.set.store(Arc::new(next));
             }
             None => {
-                let set = EndpointSet {
-                    outliers: OutlierDetector::new(&endpoints, OutlierConfig::default()),
-                    balancer: Balancer::new(endpoints, self.balance.clone()),
-                    identities,
-                };
+                let outliers = OutlierDetector::new(&endpoints, OutlierConfig::default());
+                let set = EndpointSet::new(Balancer::new(endpoints, self.balance.clone()), outliers, identities);
                 map.insert(
                     service.to_string(),
                     Arc::new(Upstream {
                         service: service.to_string(),
+                        authority: service.parse().ok(),
                         set: ArcSwap::from_pointee(set),
                         limit: ConcurrencyLimit::new(service, self.max_in_flight),
                         budget: RetryBudget::default(),

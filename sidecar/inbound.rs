@@ -45,6 +45,7 @@ pub struct Inbound {
     app_protocol: AppProtocol,
     app: Client<HttpConnector, Body>,
     tls: Arc<ArcSwapOption<ServerConfig>>,
+    plaintext: bool,
     metrics: Arc<Metrics>,
 }
 
@@ -60,11 +61,13 @@ impl std::fmt::Debug for Inbound {
 impl Inbound {
     /// Forwards to the app at `app_addr`; TLS config from `tls` (empty while
     /// the sidecar has no certificate: connections are then refused).
+    /// `plaintext` (development only) serves h2c with no TLS and no peer identity.
     pub fn new(
         service: String,
         app_addr: SocketAddr,
         app_protocol: AppProtocol,
         tls: Arc<ArcSwapOption<ServerConfig>>,
+        plaintext: bool,
         metrics: Arc<Metrics>,
     ) -> Self {
         let mut connector = HttpConnector::new();
@@ -78,7 +81,7 @@ impl Inbound {
             .http2_initial_connection_window_size(CONNECTION_WINDOW)
             .http2_initial_stream_window_size(STREAM_WINDOW)
             .build(connector);
-        Inbound { service, app_addr, app_protocol, app, tls, metrics }
+        Inbound { service, app_addr, app_protocol, app, tls, plaintext, metrics }
     }
 
     /// Accepts peer connections until the drain starts, then lets open
@@ -106,11 +109,14 @@ impl Inbound {
     }
 
     async fn connection(self: Arc<Self>, tcp: tokio::net::TcpStream, remote: SocketAddr, drain: Drain) {
+        let _ = tcp.set_nodelay(true);
+        if self.plaintext {
+            return self.serve_h2(tcp, None, remote, drain).await;
+        }
         let Some(config) = self.tls.load_full() else {
             tracing::warn!(%remote, "refusing a peer: no workload certificate");
             return;
         };
-        let _ = tcp.set_nodelay(true);
         let tls = match tokio::time::timeout(Duration::from_secs(10), TlsAcceptor::from(config).accept(tcp)).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
@@ -124,6 +130,15 @@ impl Inbound {
         };
         let peer = peer_spiffe_id(tls.get_ref().1.peer_certificates().unwrap_or_default()).unwrap_or_default();
         let peer = HeaderValue::from_str(&peer).ok();
+        self.serve_h2(tls, peer, remote, drain).await
+    }
+
+    /// Serves HTTP/2 on one accepted (and, unless plaintext, authenticated)
+    /// connection until it ends or the drain closes it gracefully.
+    async fn serve_h2<I>(self: Arc<Self>, io: I, peer: Option<HeaderValue>, remote: SocketAddr, drain: Drain)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let this = self.clone();
         let svc = service_fn(move |req| {
             let this = this.clone();
@@ -137,7 +152,7 @@ impl Inbound {
             .initial_stream_window_size(STREAM_WINDOW)
             .max_header_list_size(16 * 1024)
             .keep_alive_interval(Duration::from_secs(20))
-            .serve_connection(TokioIo::new(tls), svc);
+            .serve_connection(TokioIo::new(io), svc);
         tokio::pin!(conn);
         let result = tokio::select! {
             r = conn.as_mut() => r,

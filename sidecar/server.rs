@@ -87,6 +87,12 @@ impl Sidecar {
         let upstream_addrs =
             upstream_ls.iter().map(|(s, l)| Ok((s.clone(), local(l)?))).collect::<Result<Vec<_>, SidecarError>>()?;
 
+        if config.dev_plaintext {
+            tracing::warn!(
+                "dev_plaintext is on: traffic between sidecars is NOT encrypted and callers are NOT \
+                 authenticated; for development only, never in production"
+            );
+        }
         let metrics = Arc::new(Metrics::default());
         let (creds, identity_task) =
             identity::spawn(IdentityConfig::new(config.control_addr.clone(), config.bootstrap_token.clone()))
@@ -122,9 +128,16 @@ impl Sidecar {
         };
         let registration = tokio::spawn(registration::run(registry, instance, drain.subscribe(), finished_rx));
 
-        let outbound = Arc::new(Outbound::new(discovery.clone(), Pool::new(creds.clone()), metrics.clone()));
-        let inbound =
-            Arc::new(Inbound::new(config.service.clone(), config.app_addr, config.app_protocol, tls, metrics.clone()));
+        let outbound =
+            Arc::new(Outbound::new(discovery.clone(), Pool::new(creds.clone(), config.dev_plaintext), metrics.clone()));
+        let inbound = Arc::new(Inbound::new(
+            config.service.clone(),
+            config.app_addr,
+            config.app_protocol,
+            tls,
+            config.dev_plaintext,
+            metrics.clone(),
+        ));
         let admin = Arc::new(Admin {
             config: config.clone(),
             metrics,
@@ -196,6 +209,7 @@ async fn follow_credentials(mut creds: CredentialsRx, tls: Arc<ArcSwapOption<rus
 /// Serves one outbound listener (HTTP/1.1 and h2c) until the drain; open
 /// connections finish their in-flight requests gracefully.
 async fn serve_outbound(listener: TcpListener, outbound: Arc<Outbound>, service: Option<String>, drain: Drain) {
+    let service: Option<Arc<str>> = service.map(Arc::from);
     let mut conns = JoinSet::new();
     loop {
         let (tcp, _) = tokio::select! {

@@ -59,13 +59,19 @@ impl Outbound {
     pub async fn handle(&self, service: Option<&str>, req: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
         let grpc = is_grpc(req.headers());
-        let named = service.map(str::to_string).or_else(|| authority_service(&req));
-        let label = named.clone().unwrap_or_default();
-        let resp = match named {
-            Some(s) => self.forward(&s, req, started).await.unwrap_or_else(|e| e.respond(grpc)),
+        let named;
+        let service = match service {
+            Some(s) => Some(s),
+            None => {
+                named = authority_service(&req);
+                named.as_deref()
+            }
+        };
+        let resp = match service {
+            Some(s) => self.forward(s, req, started).await.unwrap_or_else(|e| e.respond(grpc)),
             None => ProxyError::NoService.respond(grpc),
         };
-        self.metrics.observe("outbound", &label, &resp, started.elapsed());
+        self.metrics.observe("outbound", service.unwrap_or_default(), &resp, started.elapsed());
         resp
     }
 
@@ -79,7 +85,6 @@ impl Outbound {
         let in_flight = upstream.limit.try_acquire().map_err(|e| ProxyError::LimitReached(e.to_string()))?;
         let deadline = grpc_timeout(req.headers()).map(|t| started + t);
         let (parts, body) = req.into_parts();
-        let method = parts.method.clone();
         let replay = Replay::new(NonEmpty(body.map_err(Into::into).boxed_unsync()).boxed_unsync());
         upstream.budget.deposit();
         let mut attempts = 0u32;
@@ -89,7 +94,7 @@ impl Outbound {
             let (result, outcome) =
                 self.attempt(service, &upstream, &parts, replay.attempt(), deadline, &mut tried).await;
             let Some(outcome) = outcome else { return result.map(|r| self.guard(r, in_flight)) };
-            let request = RetryRequest::new(&method, replay.replayable(), attempts);
+            let request = RetryRequest::new(&parts.method, replay.replayable(), attempts);
             if self.retry.decide(&request, &outcome) != Decision::Retry {
                 return result.map(|r| self.guard(r, in_flight));
             }
@@ -107,7 +112,8 @@ impl Outbound {
     }
 
     /// One attempt on one endpoint. Returns the result and, when the attempt
-    /// failed in a way a retry could fix, its outcome.
+    /// failed in a way a retry could fix, its outcome (and then remembers the
+    /// endpoint in `tried`, so a retry goes elsewhere when it can).
     async fn attempt(
         &self,
         service: &str,
@@ -118,30 +124,27 @@ impl Outbound {
         tried: &mut Vec<String>,
     ) -> (Result<Response<Incoming>, ProxyError>, Option<Outcome>) {
         let set = upstream.set.load_full();
-        // A retry goes elsewhere when it can: endpoints already tried for
-        // this request are skipped unless nothing else is available.
-        let fresh = |i: EndpointIdx| {
-            set.outliers.is_available(i) && set.balancer.endpoint(i).is_some_and(|e| !tried.contains(&e.id))
-        };
         let available = |i| set.outliers.is_available(i);
-        let idx = set
-            .balancer
-            .pick(&PickContext::new().with_filter(&fresh))
-            .or_else(|| set.balancer.pick(&PickContext::new().with_filter(&available)));
-        let picked = idx.and_then(|idx| {
-            Some((idx, set.balancer.endpoint(idx)?.address.clone(), set.identities.get(idx.index())?.clone()))
-        });
-        let Some((idx, address, expected)) = picked else {
+        let idx = if tried.is_empty() {
+            set.balancer.pick(&PickContext::new().with_filter(&available))
+        } else {
+            // Endpoints already tried for this request are skipped unless
+            // nothing else is available.
+            let fresh = |i: EndpointIdx| {
+                set.outliers.is_available(i) && set.balancer.endpoint(i).is_some_and(|e| !tried.contains(&e.id))
+            };
+            set.balancer
+                .pick(&PickContext::new().with_filter(&fresh))
+                .or_else(|| set.balancer.pick(&PickContext::new().with_filter(&available)))
+        };
+        let Some((idx, slot)) = idx.and_then(|idx| Some((idx, set.conn(idx, &self.pool)?))) else {
             return (Err(ProxyError::NoEndpoints(service.to_string())), None);
         };
-        if let Some(e) = set.balancer.endpoint(idx) {
-            tried.push(e.id.clone());
-        }
         let admission = set.outliers.try_admit(idx);
         let load = set.balancer.start(idx);
         let result = async {
-            let mut sender = self.pool.get(&address, &expected).await?;
-            let req = to_upstream(parts, body, service, deadline)?;
+            let mut sender = self.pool.get(slot).await?;
+            let req = to_upstream(parts, body, upstream, deadline)?;
             let send = sender.send_request(req);
             match deadline {
                 Some(d) => match tokio::time::timeout(d.saturating_duration_since(Instant::now()), send).await {
@@ -166,6 +169,11 @@ impl Outbound {
             l.finish(outcome.as_ref().map(Feedback::from).unwrap_or(Feedback::Responded));
         }
         let retryable = outcome.filter(|o| !matches!(o, Outcome::Grpc(tonic::Code::Ok)) && !is_success(o));
+        if retryable.is_some()
+            && let Some(e) = set.balancer.endpoint(idx)
+        {
+            tried.push(e.id.clone());
+        }
         (result, retryable)
     }
 
@@ -253,20 +261,23 @@ fn format_grpc_timeout(d: Duration) -> HeaderValue {
 fn to_upstream(
     original: &http::request::Parts,
     body: ReplayBody,
-    service: &str,
+    upstream: &Upstream,
     deadline: Option<Instant>,
 ) -> Result<Request<Body>, ProxyError> {
     let http1 = original.version < Version::HTTP_2;
-    let path = original.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let uri = Uri::builder()
-        .scheme("https")
-        .authority(service)
-        .path_and_query(path)
-        .build()
-        .map_err(|e| ProxyError::Upstream(format!("bad request URI: {e}")))?;
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(http::uri::Scheme::HTTPS);
+    uri.authority = Some(
+        upstream
+            .authority
+            .clone()
+            .ok_or_else(|| ProxyError::Upstream(format!("{:?} is not a valid authority", upstream.service)))?,
+    );
+    uri.path_and_query =
+        Some(original.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")));
     let mut req = Request::new(body.boxed_unsync());
     *req.method_mut() = original.method.clone();
-    *req.uri_mut() = uri;
+    *req.uri_mut() = Uri::from_parts(uri).map_err(|e| ProxyError::Upstream(format!("bad request URI: {e}")))?;
     *req.version_mut() = Version::HTTP_2;
     let headers = req.headers_mut();
     *headers = original.headers.clone();

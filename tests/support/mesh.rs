@@ -104,6 +104,11 @@ pub struct Mesh {
 }
 
 pub async fn mesh(app: SocketAddr, app_protocol: &str, client: Option<SidecarSettings>) -> Mesh {
+    mesh_with(app, app_protocol, client.unwrap_or_default(), SidecarSettings::default()).await
+}
+
+/// [`mesh`] with extra settings for the server side too.
+pub async fn mesh_with(app: SocketAddr, app_protocol: &str, client: SidecarSettings, server: SidecarSettings) -> Mesh {
     let control = control(settings()).await;
     let ca = Ca::load(Config::from_settings(settings()).unwrap().ca).await.unwrap();
     let sidecar = |service: &str, upstreams: Option<String>, app_addr: String, extra: SidecarSettings| {
@@ -124,15 +129,9 @@ pub async fn mesh(app: SocketAddr, app_protocol: &str, client: Option<SidecarSet
         }))
         .unwrap()
     };
-    let server_side = Sidecar::start(sidecar("echo", None, app.to_string(), SidecarSettings::default())).await.unwrap();
-    let client_side = Sidecar::start(sidecar(
-        "client",
-        Some("echo=127.0.0.1:0".into()),
-        "127.0.0.1:9".into(),
-        client.unwrap_or_default(),
-    ))
-    .await
-    .unwrap();
+    let server_side = Sidecar::start(sidecar("echo", None, app.to_string(), server)).await.unwrap();
+    let client_side =
+        Sidecar::start(sidecar("client", Some("echo=127.0.0.1:0".into()), "127.0.0.1:9".into(), client)).await.unwrap();
     let ready = eventually(Duration::from_secs(10), || async {
         let (_, body) = http_get(client_side.admin_addr, "/admin/endpoints").await;
         http_get(client_side.admin_addr, "/ready").await.0 == 200
