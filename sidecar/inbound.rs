@@ -14,12 +14,13 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use hyper::client::conn::http2::SendRequest;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::ServerConfig;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use crate::control::shutdown::Drain;
@@ -28,22 +29,70 @@ use crate::sidecar::body::NonEmpty;
 use crate::sidecar::config::AppProtocol;
 use crate::sidecar::errors::ProxyError;
 use crate::sidecar::metrics::Metrics;
-use crate::sidecar::outbound::pool::{CONNECTION_WINDOW, STREAM_WINDOW};
+use crate::sidecar::outbound::pool::{CONNECTION_WINDOW, STREAM_WINDOW, handshake};
 use crate::sidecar::outbound::proxy::{HTTP1_MARK, strip_hop_by_hop};
 use crate::sidecar::transport::tls::peer_spiffe_id;
 
 /// Header carrying the caller's SPIFFE ID to the app.
 pub const PEER_IDENTITY: &str = "x-redfire-peer-identity";
 
+/// How long dialing the app may take.
+const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Streams one peer may open at once on its connection.
 const MAX_CONCURRENT_STREAMS: u32 = 1024;
+
+/// How requests reach the app.
+enum AppClient {
+    /// An h2c app: one multiplexed HTTP/2 connection, dialed again when it closes.
+    H2c(AppConn),
+    /// An HTTP/1.1 app: a keep-alive connection pool.
+    Http1(Client<HttpConnector, Body>),
+}
+
+/// The HTTP/2 connection to an h2c app.
+struct AppConn {
+    addr: SocketAddr,
+    current: std::sync::Mutex<Option<SendRequest<Body>>>,
+    /// Held while dialing, so concurrent requests wait for one new connection.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl AppConn {
+    fn open(&self) -> Option<SendRequest<Body>> {
+        let current = self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        current.as_ref().filter(|s| !s.is_closed()).cloned()
+    }
+
+    async fn sender(&self) -> Result<SendRequest<Body>, ProxyError> {
+        if let Some(s) = self.open() {
+            return Ok(s);
+        }
+        let _dialing = self.connecting.lock().await;
+        if let Some(s) = self.open() {
+            return Ok(s);
+        }
+        let sender = Box::pin(async {
+            let tcp = tokio::time::timeout(APP_CONNECT_TIMEOUT, TcpStream::connect(self.addr))
+                .await
+                .map_err(|_| ProxyError::App(format!("no answer from {} within {APP_CONNECT_TIMEOUT:?}", self.addr)))?
+                .map_err(|e| ProxyError::App(format!("connect {}: {e}", self.addr)))?;
+            let _ = tcp.set_nodelay(true);
+            handshake(tcp, &self.addr).await.map_err(|e| ProxyError::App(e.to_string()))
+        })
+        .await?;
+        *self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(sender.clone());
+        Ok(sender)
+    }
+}
 
 /// See the module docs.
 pub struct Inbound {
     service: String,
     app_addr: SocketAddr,
+    app_authority: http::uri::Authority,
     app_protocol: AppProtocol,
-    app: Client<HttpConnector, Body>,
+    app: AppClient,
     tls: Arc<ArcSwapOption<ServerConfig>>,
     plaintext: bool,
     metrics: Arc<Metrics>,
@@ -70,18 +119,27 @@ impl Inbound {
         plaintext: bool,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(1)));
-        let app = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .http2_only(app_protocol == AppProtocol::H2c)
-            .http2_adaptive_window(false)
-            .http2_initial_connection_window_size(CONNECTION_WINDOW)
-            .http2_initial_stream_window_size(STREAM_WINDOW)
-            .build(connector);
-        Inbound { service, app_addr, app_protocol, app, tls, plaintext, metrics }
+        let app = match app_protocol {
+            AppProtocol::H2c => AppClient::H2c(AppConn {
+                addr: app_addr,
+                current: std::sync::Mutex::new(None),
+                connecting: tokio::sync::Mutex::new(()),
+            }),
+            AppProtocol::Http1 => {
+                let mut connector = HttpConnector::new();
+                connector.set_nodelay(true);
+                connector.set_connect_timeout(Some(APP_CONNECT_TIMEOUT));
+                AppClient::Http1(
+                    Client::builder(TokioExecutor::new())
+                        .timer(TokioTimer::new())
+                        .pool_timer(TokioTimer::new())
+                        .build(connector),
+                )
+            }
+        };
+        let app_authority =
+            http::uri::Authority::try_from(app_addr.to_string()).expect("a socket address is an authority");
+        Inbound { service, app_addr, app_authority, app_protocol, app, tls, plaintext, metrics }
     }
 
     /// Accepts peer connections until the drain starts, then lets open
@@ -174,9 +232,9 @@ impl Inbound {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("application/grpc"));
         let resp = match self.to_app(req, peer) {
-            Ok(app_req) => match self.app.request(app_req).await {
+            Ok(app_req) => match self.send(app_req).await {
                 Ok(r) => r.map(|b| NonEmpty(b.map_err(Into::into).boxed_unsync()).boxed_unsync()),
-                Err(e) => ProxyError::App(e.to_string()).respond(grpc),
+                Err(e) => e.respond(grpc),
             },
             Err(e) => e.respond(grpc),
         };
@@ -184,16 +242,26 @@ impl Inbound {
         resp
     }
 
+    async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, ProxyError> {
+        match &self.app {
+            AppClient::H2c(conn) => {
+                let mut sender = conn.sender().await?;
+                sender.send_request(req).await.map_err(|e| ProxyError::App(e.to_string()))
+            }
+            AppClient::Http1(client) => client.request(req).await.map_err(|e| ProxyError::App(e.to_string())),
+        }
+    }
+
     fn to_app(&self, req: Request<Incoming>, peer: Option<HeaderValue>) -> Result<Request<Body>, ProxyError> {
         let (mut parts, body) = req.into_parts();
-        let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
-        let authority = parts.uri.authority().map(|a| a.to_string());
-        parts.uri = Uri::builder()
-            .scheme("http")
-            .authority(self.app_addr.to_string())
-            .path_and_query(path)
-            .build()
-            .map_err(|e| ProxyError::App(format!("bad request URI: {e}")))?;
+        let mut uri = std::mem::take(&mut parts.uri).into_parts();
+        let authority = uri.authority.take();
+        uri.scheme = Some(http::uri::Scheme::HTTP);
+        uri.authority = Some(self.app_authority.clone());
+        if uri.path_and_query.is_none() {
+            uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        }
+        parts.uri = Uri::from_parts(uri).map_err(|e| ProxyError::App(format!("bad request URI: {e}")))?;
         let http1 = parts.headers.remove(HTTP1_MARK).is_some() || self.app_protocol == AppProtocol::Http1;
         strip_hop_by_hop(&mut parts.headers);
         parts.headers.remove(PEER_IDENTITY);
@@ -202,8 +270,8 @@ impl Inbound {
         }
         if http1 && self.app_protocol == AppProtocol::Http1 {
             parts.version = Version::HTTP_11;
-            let host = authority.unwrap_or_else(|| self.service.clone());
-            if let Ok(h) = HeaderValue::from_str(&host) {
+            let host = authority.as_ref().map(|a| a.as_str()).unwrap_or(&self.service);
+            if let Ok(h) = HeaderValue::from_str(host) {
                 parts.headers.insert(header::HOST, h);
             }
         } else {

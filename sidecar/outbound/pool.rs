@@ -105,7 +105,9 @@ impl Pool {
         if let Some(s) = slot.open() {
             return Ok(s);
         }
-        let sender = self.connect(&slot.addr, &slot.expected).await?;
+        // Boxed: the dial (TCP, TLS, HTTP/2 handshake) is a large future that
+        // would otherwise be part of every request's state, copied per request.
+        let sender = Box::pin(self.connect(&slot.addr, &slot.expected)).await?;
         *slot.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(sender.clone());
         Ok(sender)
     }
@@ -146,8 +148,9 @@ impl Pool {
     }
 }
 
-/// HTTP/2 over an established (TLS or, in development, plaintext) connection.
-async fn handshake<I>(io: I, addr: &Address) -> Result<SendRequest<Body>, ProxyError>
+/// HTTP/2 over an established (TLS or, in development, plaintext) connection
+/// to a peer sidecar or to an h2c app; `addr` names it in errors and logs.
+pub(crate) async fn handshake<I>(io: I, addr: &(dyn std::fmt::Display + Sync)) -> Result<SendRequest<Body>, ProxyError>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
