@@ -32,6 +32,7 @@ use crate::sidecar::metrics::Metrics;
 use crate::sidecar::outbound::pool::{CONNECTION_WINDOW, STREAM_WINDOW, handshake};
 use crate::sidecar::outbound::proxy::{HTTP1_MARK, strip_hop_by_hop};
 use crate::sidecar::transport::tls::peer_spiffe_id;
+use crate::sidecar::upgrade;
 
 /// Header carrying the caller's SPIFFE ID to the app.
 pub const PEER_IDENTITY: &str = "x-redfire-peer-identity";
@@ -231,6 +232,11 @@ impl Inbound {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("application/grpc"));
+        if let Some(protocol) = req.headers().get(upgrade::UPGRADE).cloned() {
+            let resp = Box::pin(self.upgrade(req, peer, protocol)).await.unwrap_or_else(|e| e.respond(grpc));
+            self.metrics.observe("inbound", &self.service, &resp, started.elapsed());
+            return resp;
+        }
         let resp = match self.to_app(req, peer) {
             Ok(app_req) => match self.send(app_req).await {
                 Ok(r) => r.map(|b| NonEmpty(b.map_err(Into::into).boxed_unsync()).boxed_unsync()),
@@ -240,6 +246,58 @@ impl Inbound {
         };
         self.metrics.observe("inbound", &self.service, &resp, started.elapsed());
         resp
+    }
+
+    /// The inbound half of an upgrade tunnel (see [`upgrade`]): the upgrade
+    /// request goes to the app on a connection of its own; a 101 turns that
+    /// connection into the far end of the tunnel.
+    async fn upgrade(
+        &self,
+        req: Request<Incoming>,
+        peer: Option<HeaderValue>,
+        protocol: HeaderValue,
+    ) -> Result<Response<Body>, ProxyError> {
+        if self.app_protocol != AppProtocol::Http1 {
+            return Err(ProxyError::App("an Upgrade (e.g. WebSocket) needs an app_protocol = http1 app".into()));
+        }
+        let (mut parts, from_peer) = self.to_app(req, peer)?.into_parts();
+        parts.headers.remove(upgrade::UPGRADE);
+        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, protocol.clone());
+        parts.uri = parts.uri.path_and_query().map(|p| Uri::from(p.clone())).unwrap_or_else(|| Uri::from_static("/"));
+        let tcp = tokio::time::timeout(APP_CONNECT_TIMEOUT, TcpStream::connect(self.app_addr))
+            .await
+            .map_err(|_| ProxyError::App(format!("no answer from {} within {APP_CONNECT_TIMEOUT:?}", self.app_addr)))?
+            .map_err(|e| ProxyError::App(format!("connect {}: {e}", self.app_addr)))?;
+        let _ = tcp.set_nodelay(true);
+        let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(tcp))
+            .await
+            .map_err(|e| ProxyError::App(e.to_string()))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "app upgrade connection ended");
+            }
+        });
+        let empty = http_body_util::Empty::new().map_err(|n| match n {}).boxed_unsync();
+        let mut resp =
+            sender.send_request(Request::from_parts(parts, empty)).await.map_err(|e| ProxyError::App(e.to_string()))?;
+        if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+            return Ok(resp.map(|b| NonEmpty(b.map_err(Into::into).boxed_unsync()).boxed_unsync()));
+        }
+        let on_upgrade = hyper::upgrade::on(&mut resp);
+        let (mut head, _) = resp.into_parts();
+        head.status = http::StatusCode::OK;
+        head.version = Version::HTTP_2;
+        strip_hop_by_hop(&mut head.headers);
+        head.headers.insert(upgrade::UPGRADED, protocol);
+        let (to_peer, body) = upgrade::channel_body();
+        tokio::spawn(async move {
+            match on_upgrade.await {
+                Ok(app) => upgrade::tunnel(TokioIo::new(app), to_peer, from_peer).await,
+                Err(e) => tracing::debug!(error = %e, "app connection did not upgrade"),
+            }
+        });
+        Ok(Response::from_parts(head, body))
     }
 
     async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, ProxyError> {

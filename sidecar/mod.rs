@@ -22,6 +22,7 @@ pub mod outbound;
 pub mod registration;
 pub mod server;
 pub mod transport;
+pub mod upgrade;
 
 /// Boxed error of streamed bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

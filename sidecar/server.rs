@@ -239,7 +239,7 @@ async fn serve_outbound(listener: TcpListener, outbound: Arc<Outbound>, service:
                 .initial_connection_window_size(CONNECTION_WINDOW)
                 .initial_stream_window_size(STREAM_WINDOW)
                 .max_concurrent_streams(1024);
-            let conn = builder.serve_connection(TokioIo::new(tcp), svc);
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), svc);
             tokio::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => {}

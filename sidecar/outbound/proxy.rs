@@ -29,6 +29,7 @@ use crate::sidecar::outbound::breaker::InFlight;
 use crate::sidecar::outbound::pool::Pool;
 use crate::sidecar::outbound::replay::{Replay, ReplayBody};
 use crate::sidecar::outbound::retry::{Backoff, Decision, Outcome, RetryPolicy, RetryRequest};
+use crate::sidecar::upgrade;
 
 /// Marks a request that entered the mesh as HTTP/1.1, so the inbound side
 /// hands it to the app as HTTP/1.1 again.
@@ -67,9 +68,13 @@ impl Outbound {
                 named.as_deref()
             }
         };
-        let resp = match service {
-            Some(s) => self.forward(s, req, started).await.unwrap_or_else(|e| e.respond(grpc)),
-            None => ProxyError::NoService.respond(grpc),
+        let upgrade = if req.version() < Version::HTTP_2 { upgrade::requested(req.headers()) } else { None };
+        let resp = match (service, upgrade) {
+            (Some(s), Some(protocol)) => {
+                Box::pin(self.upgrade(s, req, protocol)).await.unwrap_or_else(|e| e.respond(grpc))
+            }
+            (Some(s), None) => self.forward(s, req, started).await.unwrap_or_else(|e| e.respond(grpc)),
+            (None, _) => ProxyError::NoService.respond(grpc),
         };
         self.metrics.observe("outbound", service.unwrap_or_default(), &resp, started.elapsed());
         resp
@@ -111,6 +116,50 @@ impl Outbound {
         }
     }
 
+    /// An HTTP/1.1 `Upgrade` (e.g. WebSocket) through the mesh: one HTTP/2
+    /// stream to the peer carries the tunnel (see [`upgrade`]); never retried.
+    async fn upgrade(
+        &self,
+        service: &str,
+        mut req: Request<Incoming>,
+        protocol: HeaderValue,
+    ) -> Result<Response<Body>, ProxyError> {
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        let upstream = self.discovery.upstream(service).await.map_err(|e| ProxyError::UnknownService(e.to_string()))?;
+        let in_flight = upstream.limit.try_acquire().map_err(|e| ProxyError::LimitReached(e.to_string()))?;
+        let set = upstream.set.load_full();
+        let available = |i| set.outliers.is_available(i);
+        let idx = set.balancer.pick(&PickContext::new().with_filter(&available));
+        let Some(slot) = idx.and_then(|idx| set.conn(idx, &self.pool)) else {
+            return Err(ProxyError::NoEndpoints(service.to_string()));
+        };
+        let mut sender = self.pool.get(slot).await?;
+        let (parts, _) = req.into_parts();
+        let (tx, body) = upgrade::channel_body();
+        let mut up = to_upstream(&parts, body, &upstream, None)?;
+        up.headers_mut().insert(upgrade::UPGRADE, protocol.clone());
+        let resp = sender.send_request(up).await.map_err(|e| ProxyError::Upstream(e.to_string()))?;
+        if resp.headers().get(upgrade::UPGRADED).is_none() {
+            // The app did not switch (e.g. refused the WebSocket handshake): its answer as is.
+            return Ok(self.guard(resp, in_flight));
+        }
+        let (mut head, peer_body) = resp.into_parts();
+        head.status = http::StatusCode::SWITCHING_PROTOCOLS;
+        head.version = Version::HTTP_11;
+        head.headers.remove(upgrade::UPGRADED);
+        head.headers.remove(header::CONTENT_LENGTH);
+        head.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        head.headers.insert(header::UPGRADE, protocol);
+        tokio::spawn(async move {
+            match on_upgrade.await {
+                Ok(client) => upgrade::tunnel(hyper_util::rt::TokioIo::new(client), tx, peer_body).await,
+                Err(e) => tracing::debug!(error = %e, "client connection did not upgrade"),
+            }
+            drop(in_flight);
+        });
+        Ok(Response::from_parts(head, http_body_util::Empty::new().map_err(|n| match n {}).boxed_unsync()))
+    }
+
     /// One attempt on one endpoint. Returns the result and, when the attempt
     /// failed in a way a retry could fix, its outcome (and then remembers the
     /// endpoint in `tried`, so a retry goes elsewhere when it can).
@@ -144,7 +193,7 @@ impl Outbound {
         let load = set.balancer.start(idx);
         let result = async {
             let mut sender = self.pool.get(slot).await?;
-            let req = to_upstream(parts, body, upstream, deadline)?;
+            let req = to_upstream(parts, body.boxed_unsync(), upstream, deadline)?;
             let send = sender.send_request(req);
             match deadline {
                 Some(d) => match tokio::time::timeout(d.saturating_duration_since(Instant::now()), send).await {
@@ -260,7 +309,7 @@ fn format_grpc_timeout(d: Duration) -> HeaderValue {
 /// = service, hop-by-hop headers dropped, the remaining deadline forwarded.
 fn to_upstream(
     original: &http::request::Parts,
-    body: ReplayBody,
+    body: Body,
     upstream: &Upstream,
     deadline: Option<Instant>,
 ) -> Result<Request<Body>, ProxyError> {
@@ -275,7 +324,7 @@ fn to_upstream(
     );
     uri.path_and_query =
         Some(original.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")));
-    let mut req = Request::new(body.boxed_unsync());
+    let mut req = Request::new(body);
     *req.method_mut() = original.method.clone();
     *req.uri_mut() = Uri::from_parts(uri).map_err(|e| ProxyError::Upstream(format!("bad request URI: {e}")))?;
     *req.version_mut() = Version::HTTP_2;
