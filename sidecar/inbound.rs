@@ -48,7 +48,7 @@ enum AppClient {
     /// An h2c app: one multiplexed HTTP/2 connection, dialed again when it closes.
     H2c(AppConn),
     /// An HTTP/1.1 app: a keep-alive connection pool.
-    Http1(Client<HttpConnector, Body>),
+    Http1(Box<Client<HttpConnector, Body>>),
 }
 
 /// The HTTP/2 connection to an h2c app.
@@ -130,12 +130,12 @@ impl Inbound {
                 let mut connector = HttpConnector::new();
                 connector.set_nodelay(true);
                 connector.set_connect_timeout(Some(APP_CONNECT_TIMEOUT));
-                AppClient::Http1(
+                AppClient::Http1(Box::new(
                     Client::builder(TokioExecutor::new())
                         .timer(TokioTimer::new())
                         .pool_timer(TokioTimer::new())
                         .build(connector),
-                )
+                ))
             }
         };
         let app_authority =

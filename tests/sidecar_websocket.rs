@@ -17,6 +17,7 @@ use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, 
 
 /// A WebSocket echo app on HTTP/1.1 that refuses paths other than /chat (403)
 /// and prefixes each text message with the peer identity the sidecar passed.
+#[allow(clippy::result_large_err)] // the handshake callback's signature is tungstenite's
 async fn ws_app() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
