@@ -32,7 +32,7 @@ use crate::sidecar::metrics::Metrics;
 use crate::sidecar::outbound::pool::{CONNECTION_WINDOW, STREAM_WINDOW, handshake};
 use crate::sidecar::outbound::proxy::{HTTP1_MARK, strip_hop_by_hop};
 use crate::sidecar::transport::tls::peer_spiffe_id;
-use crate::sidecar::upgrade;
+use crate::sidecar::{trace, upgrade};
 
 /// Header carrying the caller's SPIFFE ID to the app.
 pub const PEER_IDENTITY: &str = "x-redfire-peer-identity";
@@ -225,8 +225,12 @@ impl Inbound {
         }
     }
 
-    async fn handle(&self, req: Request<Incoming>, peer: Option<HeaderValue>) -> Response<Body> {
+    async fn handle(&self, mut req: Request<Incoming>, peer: Option<HeaderValue>) -> Response<Body> {
         let started = Instant::now();
+        let span = trace::hop_span("inbound", &self.service, req.headers(), req.uri().path());
+        if let Some(span) = &span {
+            trace::inject(span, req.headers_mut());
+        }
         let grpc = req
             .headers()
             .get(header::CONTENT_TYPE)
@@ -245,6 +249,9 @@ impl Inbound {
             Err(e) => e.respond(grpc),
         };
         self.metrics.observe("inbound", &self.service, &resp, started.elapsed());
+        if let Some(span) = &span {
+            trace::record_status(span, resp.status());
+        }
         resp
     }
 

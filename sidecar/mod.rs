@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod registration;
 pub mod server;
+pub mod trace;
 pub mod transport;
 pub mod upgrade;
 

@@ -29,7 +29,7 @@ use crate::sidecar::outbound::breaker::InFlight;
 use crate::sidecar::outbound::pool::Pool;
 use crate::sidecar::outbound::replay::{Replay, ReplayBody};
 use crate::sidecar::outbound::retry::{Backoff, Decision, Outcome, RetryPolicy, RetryRequest};
-use crate::sidecar::upgrade;
+use crate::sidecar::{trace, upgrade};
 
 /// Marks a request that entered the mesh as HTTP/1.1, so the inbound side
 /// hands it to the app as HTTP/1.1 again.
@@ -57,7 +57,7 @@ impl Outbound {
 
     /// Handles one request from the app. `service` is fixed on per-upstream
     /// listeners and `None` on the shared one.
-    pub async fn handle(&self, service: Option<&str>, req: Request<Incoming>) -> Response<Body> {
+    pub async fn handle(&self, service: Option<&str>, mut req: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
         let grpc = is_grpc(req.headers());
         let named;
@@ -68,6 +68,10 @@ impl Outbound {
                 named.as_deref()
             }
         };
+        let span = trace::hop_span("outbound", service.unwrap_or_default(), req.headers(), req.uri().path());
+        if let Some(span) = &span {
+            trace::inject(span, req.headers_mut());
+        }
         let upgrade = if req.version() < Version::HTTP_2 { upgrade::requested(req.headers()) } else { None };
         let resp = match (service, upgrade) {
             (Some(s), Some(protocol)) => {
@@ -77,6 +81,9 @@ impl Outbound {
             (None, _) => ProxyError::NoService.respond(grpc),
         };
         self.metrics.observe("outbound", service.unwrap_or_default(), &resp, started.elapsed());
+        if let Some(span) = &span {
+            trace::record_status(span, resp.status());
+        }
         resp
     }
 

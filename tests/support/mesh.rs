@@ -26,7 +26,8 @@ use super::{control, eventually, http_get, settings};
 pub type BoxBody = http_body_util::combinators::UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 /// An app that streams the request body back, echoes the caller identity,
-/// the protocol version and the `grpc-timeout` it received in headers, and
+/// the protocol version, the `grpc-timeout` and the `traceparent` it received
+/// in headers (`x-peer`, `x-app-version`, `x-grpc-timeout`, `x-traceparent`), and
 /// ends with gRPC trailers. A path ending in `/Hang` never answers.
 pub async fn echo_app(http1: bool) -> SocketAddr {
     serve_app(http1, |req: Request<Incoming>| async move {
@@ -35,6 +36,7 @@ pub async fn echo_app(http1: bool) -> SocketAddr {
         }
         let peer = req.headers().get("x-redfire-peer-identity").cloned();
         let timeout = req.headers().get("grpc-timeout").cloned();
+        let traceparent = req.headers().get("traceparent").cloned();
         let version = format!("{:?}", req.version());
         let frames = BodyStream::new(req.into_body()).map(|f| f.map_err(Into::into));
         let mut trailers = HeaderMap::new();
@@ -49,6 +51,9 @@ pub async fn echo_app(http1: bool) -> SocketAddr {
         }
         if let Some(t) = timeout {
             resp.headers_mut().insert("x-grpc-timeout", t);
+        }
+        if let Some(t) = traceparent {
+            resp.headers_mut().insert("x-traceparent", t);
         }
         Ok::<_, Infallible>(resp)
     })
