@@ -36,7 +36,8 @@ pub const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 pub struct Slot {
     addr: Address,
     expected: String,
-    current: Mutex<Option<SendRequest<Body>>>,
+    /// The open connection and the credentials it was made with.
+    current: Mutex<Option<(SendRequest<Body>, Option<Arc<Credentials>>)>>,
     /// Held while dialing, so concurrent requests wait for one new connection.
     connecting: tokio::sync::Mutex<()>,
 }
@@ -48,10 +49,19 @@ impl std::fmt::Debug for Slot {
 }
 
 impl Slot {
-    /// A clone of the open connection's sender, if there is one.
-    fn open(&self) -> Option<SendRequest<Body>> {
+    /// A clone of the open connection's sender, if there is one and it was
+    /// made with the current credentials. After a rotation new requests go
+    /// to a new connection presenting the new certificate; requests still
+    /// on the old one finish there, and it closes once they have.
+    fn open(&self, creds: &Option<Arc<Credentials>>) -> Option<SendRequest<Body>> {
         let current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
-        current.as_ref().filter(|s| !s.is_closed()).cloned()
+        let (sender, made_with) = current.as_ref()?;
+        let same = match (made_with, creds) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, _) => true,
+            (Some(_), None) => false,
+        };
+        (same && !sender.is_closed()).then(|| sender.clone())
     }
 }
 
@@ -98,17 +108,18 @@ impl Pool {
 
     /// A sender on `slot`'s connection, dialing it first if it is closed.
     pub async fn get(&self, slot: &Slot) -> Result<SendRequest<Body>, ProxyError> {
-        if let Some(s) = slot.open() {
+        let creds = if self.plaintext { None } else { self.creds.borrow().clone() };
+        if let Some(s) = slot.open(&creds) {
             return Ok(s);
         }
         let _dialing = slot.connecting.lock().await;
-        if let Some(s) = slot.open() {
+        if let Some(s) = slot.open(&creds) {
             return Ok(s);
         }
         // Boxed: the dial (TCP, TLS, HTTP/2 handshake) is a large future that
         // would otherwise be part of every request's state, copied per request.
         let sender = Box::pin(self.connect(&slot.addr, &slot.expected)).await?;
-        *slot.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(sender.clone());
+        *slot.current.lock().unwrap_or_else(PoisonError::into_inner) = Some((sender.clone(), creds));
         Ok(sender)
     }
 

@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, BodyStream, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use redfire::control::config::Config;
+use redfire::control::config::{Config, Settings};
 use redfire::control::identity::ca::Ca;
 use redfire::control::identity::token;
 use redfire::control::server::Control;
@@ -114,8 +114,20 @@ pub async fn mesh(app: SocketAddr, app_protocol: &str, client: Option<SidecarSet
 
 /// [`mesh`] with extra settings for the server side too.
 pub async fn mesh_with(app: SocketAddr, app_protocol: &str, client: SidecarSettings, server: SidecarSettings) -> Mesh {
-    let control = control(settings()).await;
-    let ca = Ca::load(Config::from_settings(settings()).unwrap().ca).await.unwrap();
+    mesh_full(settings(), app, app_protocol, client, server).await
+}
+
+/// [`mesh_with`] on a control started with `control_settings` (which must
+/// name a fixed CA directory, as [`settings`] does).
+pub async fn mesh_full(
+    control_settings: Settings,
+    app: SocketAddr,
+    app_protocol: &str,
+    client: SidecarSettings,
+    server: SidecarSettings,
+) -> Mesh {
+    let control = control(control_settings.clone()).await;
+    let ca = Ca::load(Config::from_settings(control_settings).unwrap().ca).await.unwrap();
     let sidecar = |service: &str, upstreams: Option<String>, app_addr: String, extra: SidecarSettings| {
         let tok = token::create(&ca, "default", service, Duration::from_secs(600)).unwrap();
         SidecarConfig::from_settings(extra.or(SidecarSettings {
