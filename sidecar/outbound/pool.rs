@@ -32,12 +32,15 @@ pub const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
 /// Per-stream window between sidecars.
 pub const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 
+/// An open connection's sender and the credentials it was made with.
+type Open = (SendRequest<Body>, Option<Arc<Credentials>>);
+
 /// The connection to one peer sidecar (address and expected identity).
 pub struct Slot {
     addr: Address,
     expected: String,
     /// The open connection and the credentials it was made with.
-    current: Mutex<Option<(SendRequest<Body>, Option<Arc<Credentials>>)>>,
+    current: Mutex<Option<Open>>,
     /// Held while dialing, so concurrent requests wait for one new connection.
     connecting: tokio::sync::Mutex<()>,
 }
