@@ -113,6 +113,7 @@ impl Sidecar {
             GrpcEndpoint::from_shared(config.control_addr.clone())
                 .map_err(|e| SidecarError::Start(format!("control_addr: {e}")))?
                 .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
                 .timeout(Duration::from_secs(5))
                 .connect_lazy(),
         );
