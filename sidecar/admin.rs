@@ -108,6 +108,7 @@ impl Admin {
                     "outbound_addr": c.outbound_addr.to_string(), "app_addr": c.app_addr.to_string(),
                     "app_protocol": format!("{:?}", c.app_protocol), "balancer": format!("{:?}", c.balancer),
                     "max_in_flight": c.max_in_flight, "trust_domain": c.trust_domain, "worker_threads": c.worker_threads, "dev_plaintext": c.dev_plaintext,
+                    "stream_idle_timeout": format!("{:?}", c.stream_idle_timeout),
                     "upstreams": c.upstreams.iter().map(|(s, a)| (s.clone(), a.to_string())).collect::<Vec<_>>(),
                     "identity": identity,
                 });

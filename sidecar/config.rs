@@ -80,6 +80,9 @@ pub struct Settings {
     /// Requests in flight per upstream service before fast failure [default: 1024]
     #[arg(long, env = "REDFIRE_MAX_IN_FLIGHT")]
     pub max_in_flight: Option<String>,
+    /// A response stream with no frame for this long is cut (streams have no total timeout) [default: 5m]
+    #[arg(long, env = "REDFIRE_STREAM_IDLE_TIMEOUT")]
+    pub stream_idle_timeout: Option<String>,
     /// How long in-flight requests may finish after SIGTERM [default: 10s]
     #[arg(long, env = "REDFIRE_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<String>,
@@ -142,6 +145,8 @@ pub struct Config {
     pub max_in_flight: usize,
     /// Drain grace period.
     pub shutdown_grace: Duration,
+    /// Idle timeout of response streams.
+    pub stream_idle_timeout: Duration,
     /// Runtime worker threads (`None`: one per CPU).
     pub worker_threads: Option<usize>,
     /// Plaintext between sidecars (development only).
@@ -175,6 +180,7 @@ impl Settings {
             balancer,
             max_in_flight,
             shutdown_grace,
+            stream_idle_timeout,
             worker_threads,
             dev_plaintext,
             log_format,
@@ -257,6 +263,10 @@ impl Config {
             balancer,
             max_in_flight,
             shutdown_grace: duration("shutdown_grace", s.shutdown_grace, "10s")?,
+            stream_idle_timeout: match duration("stream_idle_timeout", s.stream_idle_timeout, "5m")? {
+                d if d.is_zero() => return Err(err("stream_idle_timeout", "must be above 0")),
+                d => d,
+            },
             worker_threads: match s.worker_threads {
                 None => None,
                 Some(n) => match n.parse::<usize>() {
@@ -307,6 +317,7 @@ mod tests {
             (Settings { control_addr: Some("127.0.0.1:15010".into()), ..base() }, "control_addr"),
             (Settings { max_in_flight: Some("0".into()), ..base() }, "max_in_flight"),
             (Settings { dev_plaintext: Some("yes".into()), ..base() }, "dev_plaintext"),
+            (Settings { stream_idle_timeout: Some("0s".into()), ..base() }, "stream_idle_timeout"),
         ];
         for (s, key) in cases {
             let e = Config::from_settings(s).unwrap_err();

@@ -105,7 +105,7 @@ impl Discovery {
         let channel = GrpcEndpoint::from_shared(control.to_string())
             .map_err(|e| format!("control_addr: {e}"))?
             .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
+            .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5))
             .connect_lazy();

@@ -113,7 +113,7 @@ impl Sidecar {
             GrpcEndpoint::from_shared(config.control_addr.clone())
                 .map_err(|e| SidecarError::Start(format!("control_addr: {e}")))?
                 .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
+                .tcp_nodelay(true)
                 .timeout(Duration::from_secs(5))
                 .connect_lazy(),
         );
@@ -129,8 +129,12 @@ impl Sidecar {
         };
         let registration = tokio::spawn(registration::run(registry, instance, drain.subscribe(), finished_rx));
 
-        let outbound =
-            Arc::new(Outbound::new(discovery.clone(), Pool::new(creds.clone(), config.dev_plaintext), metrics.clone()));
+        let outbound = Arc::new(Outbound::new(
+            discovery.clone(),
+            Pool::new(creds.clone(), config.dev_plaintext),
+            metrics.clone(),
+            config.stream_idle_timeout,
+        ));
         let inbound = Arc::new(Inbound::new(
             config.service.clone(),
             config.app_addr,

@@ -47,12 +47,21 @@ pub struct Outbound {
     metrics: Arc<Metrics>,
     retry: RetryPolicy,
     backoff: Backoff,
+    stream_idle_timeout: Duration,
 }
 
 impl Outbound {
-    /// The outbound path over `discovery`, dialing through `pool`.
-    pub fn new(discovery: Arc<Discovery>, pool: Pool, metrics: Arc<Metrics>) -> Self {
-        Outbound { discovery, pool, metrics, retry: RetryPolicy::default(), backoff: Backoff::default() }
+    /// The outbound path over `discovery`, dialing through `pool`; a
+    /// response stream silent for `stream_idle_timeout` is cut.
+    pub fn new(discovery: Arc<Discovery>, pool: Pool, metrics: Arc<Metrics>, stream_idle_timeout: Duration) -> Self {
+        Outbound {
+            discovery,
+            pool,
+            metrics,
+            retry: RetryPolicy::default(),
+            backoff: Backoff::default(),
+            stream_idle_timeout,
+        }
     }
 
     /// Handles one request from the app. `service` is fixed on per-upstream
@@ -238,7 +247,7 @@ impl Outbound {
         // response body ends (streams count for as long as they are open).
         resp.map(|b| {
             let inner = NonEmpty(b.map_err(Into::into).boxed_unsync()).boxed_unsync();
-            Guarded { inner, _in_flight: in_flight }.boxed_unsync()
+            Guarded { inner, _in_flight: in_flight, idle: self.stream_idle_timeout, timer: None }.boxed_unsync()
         })
     }
 }
@@ -247,10 +256,16 @@ fn is_success(o: &Outcome) -> bool {
     matches!(o, Outcome::Http(s) if s.is_success() || s.is_informational() || s.is_redirection())
 }
 
-/// A response body that holds its request's concurrency slot until it ends.
+/// A response body that holds its request's concurrency slot until it ends,
+/// and ends it with an error when no frame came for `idle` (a stream's idle
+/// timeout: streams have no total timeout, but a silent one is cut).
 struct Guarded {
     inner: Body,
     _in_flight: InFlight,
+    idle: Duration,
+    /// Armed on the first wait only: most unary responses are complete when
+    /// their head arrives, and never need a timer.
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl hyper::body::Body for Guarded {
@@ -261,7 +276,26 @@ impl hyper::body::Body for Guarded {
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        std::pin::Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+        use std::task::Poll;
+        let this = self.get_mut();
+        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                if let Some(t) = this.timer.as_mut() {
+                    t.as_mut().reset(tokio::time::Instant::now() + this.idle);
+                }
+                Poll::Ready(frame)
+            }
+            Poll::Pending => {
+                let idle = this.idle;
+                let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        Poll::Ready(Some(Err(format!("stream idle for {idle:?} (stream_idle_timeout)").into())))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {

@@ -77,7 +77,7 @@ pub async fn unary_app() -> SocketAddr {
 }
 
 /// Serves `handle` on a free 127.0.0.1 port, HTTP/1.1 or h2c, until the test ends.
-async fn serve_app<F, Fut>(http1: bool, handle: F) -> SocketAddr
+pub async fn serve_app<F, Fut>(http1: bool, handle: F) -> SocketAddr
 where
     F: Fn(Request<Incoming>) -> Fut + Copy + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<Response<BoxBody>, Infallible>> + Send + 'static,
