@@ -3,17 +3,19 @@
 //! `--config`. Precedence: flag, environment, file, default. An invalid value
 //! is one line naming the key; `main` exits 2.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser};
+use http::HeaderName;
 use serde::Deserialize;
 
 use crate::control::config::{ConfigError, addr, duration, err, log_settings, read_toml};
 use crate::control::registry::model::validate_service_name;
 use crate::control::telemetry::LogFormat;
-use crate::sidecar::outbound::balance::Policy;
+use crate::sidecar::outbound::balance::{Policy, ZonePreference};
 
 /// Command line of `redfire-sidecar`.
 #[derive(Debug, Parser)]
@@ -74,9 +76,21 @@ pub struct Settings {
     /// What the app speaks: h2c (gRPC) or http1 [default: h2c]
     #[arg(long, env = "REDFIRE_APP_PROTOCOL")]
     pub app_protocol: Option<String>,
-    /// Load balancing: round_robin, weighted_round_robin, least_request, peak_ewma [default: peak_ewma]
+    /// Load balancing: round_robin, weighted_round_robin, least_request, peak_ewma, ring_hash, maglev [default: peak_ewma]
     #[arg(long, env = "REDFIRE_BALANCER")]
     pub balancer: Option<String>,
+    /// Request header whose value ring_hash/maglev hash on [default: x-user-id]
+    #[arg(long, env = "REDFIRE_HASH_HEADER")]
+    pub hash_header: Option<String>,
+    /// Per-service balancing: `orders=ring_hash:x-account-id,users=round_robin` [default: none]
+    #[arg(long, env = "REDFIRE_SERVICE_BALANCERS")]
+    pub service_balancers: Option<String>,
+    /// This sidecar's zone: registered with the instance, and preferred when balancing [default: none]
+    #[arg(long, env = "REDFIRE_ZONE")]
+    pub zone: Option<String>,
+    /// Share (0..=1) of the local zone's instances that must be up to stay in the zone [default: 0.5]
+    #[arg(long, env = "REDFIRE_ZONE_MIN_HEALTHY")]
+    pub zone_min_healthy: Option<String>,
     /// Requests in flight per upstream service before fast failure [default: 1024]
     #[arg(long, env = "REDFIRE_MAX_IN_FLIGHT")]
     pub max_in_flight: Option<String>,
@@ -101,6 +115,17 @@ pub enum AppProtocol {
     H2c,
     /// HTTP/1.1.
     Http1,
+}
+
+/// How requests to one upstream service are balanced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Balancing {
+    /// The policy.
+    pub policy: Policy,
+    /// For [`Policy::RingHash`] and [`Policy::Maglev`]: the request header
+    /// whose value is the hash key. A request without it is balanced by
+    /// least request (power of two random choices) instead.
+    pub hash_header: HeaderName,
 }
 
 /// Validated settings.
@@ -132,8 +157,16 @@ pub struct Config {
     pub app_addr: SocketAddr,
     /// App protocol.
     pub app_protocol: AppProtocol,
-    /// Balancing policy.
+    /// Balancing policy of services without their own.
     pub balancer: Policy,
+    /// Hash-key header of services without their own.
+    pub hash_header: HeaderName,
+    /// Per-service balancing, overriding `balancer` and `hash_header`.
+    pub service_balancers: BTreeMap<String, Balancing>,
+    /// Local zone (empty: none, and no zone preference).
+    pub zone: String,
+    /// Zone preference threshold: see [`ZonePreference::min_healthy_percent`].
+    pub zone_min_healthy_percent: u8,
     /// Concurrency limit per upstream service.
     pub max_in_flight: usize,
     /// Drain grace period.
@@ -167,6 +200,10 @@ impl Settings {
             app_addr,
             app_protocol,
             balancer,
+            hash_header,
+            service_balancers,
+            zone,
+            zone_min_healthy,
             max_in_flight,
             shutdown_grace,
             worker_threads,
@@ -215,17 +252,29 @@ impl Config {
             "http1" => AppProtocol::Http1,
             other => return Err(err("app_protocol", format!("{other:?} is not one of h2c, http1"))),
         };
-        let balancer = match s.balancer.as_deref().unwrap_or("peak_ewma") {
-            "round_robin" => Policy::RoundRobin,
-            "weighted_round_robin" => Policy::WeightedRoundRobin,
-            "least_request" => Policy::LeastRequest,
-            "peak_ewma" => Policy::PeakEwma,
-            other => {
-                return Err(err(
-                    "balancer",
-                    format!("{other:?} is not one of round_robin, weighted_round_robin, least_request, peak_ewma"),
-                ));
-            }
+        let balancer = policy("balancer", s.balancer.as_deref().unwrap_or("peak_ewma"))?;
+        let hash_header = header_name("hash_header", s.hash_header.as_deref().unwrap_or("x-user-id"))?;
+        let mut service_balancers = BTreeMap::new();
+        for entry in s.service_balancers.as_deref().unwrap_or("").split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let key = "service_balancers";
+            let (name, spec) = entry
+                .split_once('=')
+                .ok_or_else(|| err(key, format!("{entry:?} is not service=policy or service=policy:header")))?;
+            validate_service_name(name).map_err(|e| err(key, e))?;
+            let (p, header) = match spec.split_once(':') {
+                Some((p, h)) => (policy(key, p)?, header_name(key, h)?),
+                None => (policy(key, spec)?, hash_header.clone()),
+            };
+            service_balancers.insert(name.to_string(), Balancing { policy: p, hash_header: header });
+        }
+        let zone = s.zone.unwrap_or_default();
+        if zone.len() > 253 || zone.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(err("zone", format!("{zone:?} is not a zone name (no spaces, at most 253 bytes)")));
+        }
+        let min_healthy = s.zone_min_healthy.unwrap_or_else(|| "0.5".into());
+        let zone_min_healthy_percent = match min_healthy.parse::<f64>() {
+            Ok(f) if (0.0..=1.0).contains(&f) => (f * 100.0).round() as u8,
+            _ => return Err(err("zone_min_healthy", format!("{min_healthy:?} is not a fraction in 0..=1 like 0.5"))),
         };
         let max_in_flight = s.max_in_flight.unwrap_or_else(|| "1024".into());
         let max_in_flight = match max_in_flight.parse::<usize>() {
@@ -248,6 +297,10 @@ impl Config {
             app_addr: addr("app_addr", s.app_addr, "127.0.0.1:8080")?,
             app_protocol,
             balancer,
+            hash_header,
+            service_balancers,
+            zone,
+            zone_min_healthy_percent,
             max_in_flight,
             shutdown_grace: duration("shutdown_grace", s.shutdown_grace, "10s")?,
             worker_threads: match s.worker_threads {
@@ -261,6 +314,49 @@ impl Config {
             log_level,
         })
     }
+}
+
+impl Config {
+    /// How requests to `service` are balanced.
+    pub fn balancing(&self, service: &str) -> Balancing {
+        self.service_balancers
+            .get(service)
+            .cloned()
+            .unwrap_or_else(|| Balancing { policy: self.balancer, hash_header: self.hash_header.clone() })
+    }
+
+    /// The zone preference, when a zone is set.
+    pub fn zone_preference(&self) -> Option<ZonePreference> {
+        (!self.zone.is_empty()).then(|| ZonePreference {
+            local_zone: self.zone.clone(),
+            min_healthy_percent: self.zone_min_healthy_percent,
+        })
+    }
+}
+
+fn policy(key: &str, name: &str) -> Result<Policy, ConfigError> {
+    Ok(match name {
+        "round_robin" => Policy::RoundRobin,
+        "weighted_round_robin" => Policy::WeightedRoundRobin,
+        "least_request" => Policy::LeastRequest,
+        "peak_ewma" => Policy::PeakEwma,
+        "ring_hash" => Policy::RingHash,
+        "maglev" => Policy::Maglev,
+        other => {
+            return Err(err(
+                key,
+                format!(
+                    "{other:?} is not one of round_robin, weighted_round_robin, least_request, peak_ewma, ring_hash, maglev"
+                ),
+            ));
+        }
+    })
+}
+
+fn header_name(key: &str, name: &str) -> Result<HeaderName, ConfigError> {
+    // Header names are matched lowercase (HTTP/2 requires it).
+    HeaderName::from_bytes(name.trim().to_ascii_lowercase().as_bytes())
+        .map_err(|_| err(key, format!("{name:?} is not an HTTP header name")))
 }
 
 #[cfg(test)]
@@ -282,6 +378,28 @@ mod tests {
         assert_eq!(c.balancer, Policy::PeakEwma);
         assert_eq!(c.upstreams.len(), 2);
         assert_eq!(c.upstreams[1].0, "strategies");
+        assert_eq!(c.zone_preference(), None, "no zone, no preference");
+    }
+
+    #[test]
+    fn hash_balancing_globally_and_per_service() {
+        let c = Config::from_settings(Settings {
+            balancer: Some("maglev".into()),
+            service_balancers: Some("orders=ring_hash:X-Account-Id, users=round_robin".into()),
+            zone: Some("eu-1a".into()),
+            zone_min_healthy: Some("0.75".into()),
+            ..base()
+        })
+        .unwrap();
+        let b = |s: &str| {
+            let b = c.balancing(s);
+            (b.policy, b.hash_header.to_string())
+        };
+        assert_eq!(b("orders"), (Policy::RingHash, "x-account-id".into()));
+        assert_eq!(b("users"), (Policy::RoundRobin, "x-user-id".into()));
+        assert_eq!(b("other"), (Policy::Maglev, "x-user-id".into()), "the global policy and header");
+        let zone = c.zone_preference().unwrap();
+        assert_eq!((zone.local_zone.as_str(), zone.min_healthy_percent), ("eu-1a", 75));
     }
 
     #[test]
@@ -294,6 +412,13 @@ mod tests {
             (Settings { balancer: Some("random".into()), ..base() }, "balancer"),
             (Settings { control_addr: Some("127.0.0.1:15010".into()), ..base() }, "control_addr"),
             (Settings { max_in_flight: Some("0".into()), ..base() }, "max_in_flight"),
+            (Settings { hash_header: Some("x user".into()), ..base() }, "hash_header"),
+            (Settings { service_balancers: Some("orders".into()), ..base() }, "service_balancers"),
+            (Settings { service_balancers: Some("orders=hash".into()), ..base() }, "service_balancers"),
+            (Settings { service_balancers: Some("Orders=maglev".into()), ..base() }, "service_balancers"),
+            (Settings { service_balancers: Some("orders=maglev:a b".into()), ..base() }, "service_balancers"),
+            (Settings { zone: Some("eu 1".into()), ..base() }, "zone"),
+            (Settings { zone_min_healthy: Some("1.5".into()), ..base() }, "zone_min_healthy"),
         ];
         for (s, key) in cases {
             let e = Config::from_settings(s).unwrap_err();

@@ -26,7 +26,6 @@ use crate::sidecar::discovery::Discovery;
 use crate::sidecar::identity::{self, CredentialsRx, IdentityConfig};
 use crate::sidecar::inbound::Inbound;
 use crate::sidecar::metrics::Metrics;
-use crate::sidecar::outbound::balance::BalanceConfig;
 use crate::sidecar::outbound::pool::{CONNECTION_WINDOW, Pool, STREAM_WINDOW};
 use crate::sidecar::outbound::proxy::Outbound;
 use crate::sidecar::registration;
@@ -91,10 +90,7 @@ impl Sidecar {
         let (creds, identity_task) =
             identity::spawn(IdentityConfig::new(config.control_addr.clone(), config.bootstrap_token.clone()))
                 .map_err(|e| SidecarError::Start(e.to_string()))?;
-        let balance = BalanceConfig { policy: config.balancer, ..Default::default() };
-        let (discovery, discovery_task) =
-            Discovery::spawn(&config.control_addr, balance, config.max_in_flight, config.trust_domain.clone())
-                .map_err(SidecarError::Start)?;
+        let (discovery, discovery_task) = Discovery::spawn(&config).map_err(SidecarError::Start)?;
 
         // The inbound TLS config follows the credentials (rotation: new
         // connections get the new certificate; none while there is none).
@@ -117,6 +113,7 @@ impl Sidecar {
             instance_id: config.instance_id.clone(),
             address: config.advertise_address.clone(),
             ports: Some(pb::Ports { grpc: Some(u32::from(inbound_addr.port())), http: None, admin: None }),
+            zone: config.zone.clone(),
             metadata,
             ..Default::default()
         };

@@ -124,10 +124,12 @@ impl Outbound {
             set.outliers.is_available(i) && set.balancer.endpoint(i).is_some_and(|e| !tried.contains(&e.id))
         };
         let available = |i| set.outliers.is_available(i);
-        let idx = set
-            .balancer
-            .pick(&PickContext::new().with_filter(&fresh))
-            .or_else(|| set.balancer.pick(&PickContext::new().with_filter(&available)));
+        // Hash policies route by the configured header's value (borrowed, no copy).
+        let key = upstream.hash_header.as_ref().and_then(|h| parts.headers.get(h)).map(HeaderValue::as_bytes);
+        let idx = {
+            let ctx = key.map_or_else(PickContext::new, |k| PickContext::new().with_hash_key(k));
+            set.balancer.pick(&ctx.with_filter(&fresh)).or_else(|| set.balancer.pick(&ctx.with_filter(&available)))
+        };
         let picked = idx.and_then(|idx| {
             Some((idx, set.balancer.endpoint(idx)?.address.clone(), set.identities.get(idx.index())?.clone()))
         });
