@@ -1,0 +1,124 @@
+//! Hash balancing end to end: a client sidecar and three `echo` endpoints
+//! (each a real sidecar beside its own app, over mTLS). The same
+//! `x-user-id` always reaches the same instance, different ids spread over
+//! all three, and when one instance leaves only its own users move.
+
+mod support;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use redfire::sidecar::config::Settings as SidecarSettings;
+use support::mesh::*;
+use support::*;
+
+const USERS: usize = 60;
+
+/// The instance that answered one request, with `header: value` when given.
+async fn instance_for(listener: SocketAddr, header: Option<(&str, &str)>) -> String {
+    let mut c = h2c_client(listener).await;
+    let mut req =
+        Request::post("http://echo/echo.Echo/Say").header("content-type", "application/grpc").header("te", "trailers");
+    if let Some((name, value)) = header {
+        req = req.header(name, value);
+    }
+    let req = req.body(Full::new(Bytes::from_static(b"hi")).map_err(|n| match n {}).boxed_unsync()).unwrap();
+    let resp = c.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let name = resp
+        .headers()
+        .get("x-instance")
+        .unwrap_or_else(|| panic!("not answered by a named app: {:?}", resp.headers()))
+        .to_str()
+        .unwrap()
+        .to_string();
+    let body = resp.into_body().collect().await.unwrap();
+    assert_eq!(body.trailers().unwrap()["grpc-status"], "0");
+    name
+}
+
+/// Where each user lands (asking each three times: it must be the same).
+async fn placement(listener: SocketAddr, header: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for u in 0..USERS {
+        let user = format!("user-{u}");
+        let first = instance_for(listener, Some((header, &user))).await;
+        for _ in 0..2 {
+            assert_eq!(instance_for(listener, Some((header, &user))).await, first, "{user} stays on one instance");
+        }
+        out.push(first);
+    }
+    out
+}
+
+/// Runs the scenario with the client sidecar configured by `client`, users
+/// identified by `header`; returns the share of the users not on the leaver
+/// that stayed where they were.
+async fn affinity(client: SidecarSettings, header: &str) -> f64 {
+    let m = mesh(named_app("a").await, "h2c", Some(client)).await;
+    let none = SidecarSettings::default;
+    let b = sidecar_for(&m.control, "echo", "echo-b", named_app("b").await, "h2c", none()).await;
+    let c = sidecar_for(&m.control, "echo", "echo-c", named_app("c").await, "h2c", none()).await;
+    let admin = m.client_side.admin_addr;
+    for s in [&b, &c] {
+        let ready = eventually(Duration::from_secs(15), || async { http_get(s.admin_addr, "/ready").await.0 == 200 });
+        assert!(ready.await, "server sidecars ready");
+    }
+    assert!(
+        eventually(Duration::from_secs(15), || async { endpoint_count(admin, "echo").await == 3 }).await,
+        "three echo endpoints discovered"
+    );
+    let listener = m.client_side.upstream_addrs[0].1;
+
+    let before = placement(listener, header).await;
+    let mut per: HashMap<&str, usize> = HashMap::new();
+    for i in &before {
+        *per.entry(i.as_str()).or_default() += 1;
+    }
+    assert_eq!(per.len(), 3, "{USERS} users spread over all three instances: {per:?}");
+    assert!(per.values().all(|&n| n >= USERS / 10), "no instance is starved: {per:?}");
+
+    // Without the header: still served, by whichever instance.
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..30 {
+        seen.insert(instance_for(listener, None).await);
+    }
+    assert!(seen.len() >= 2, "keyless requests are balanced, not pinned: {seen:?}");
+
+    // b leaves (drain: DRAINING, then deregistered).
+    b.shutdown();
+    b.wait().await;
+    assert!(
+        eventually(Duration::from_secs(15), || async { endpoint_count(admin, "echo").await == 2 }).await,
+        "b is gone from the client's endpoints"
+    );
+    let after = placement(listener, header).await;
+    assert!(after.iter().all(|i| i != "b"), "no user goes to the instance that left");
+    let others: Vec<bool> = before.iter().zip(&after).filter(|(was, _)| *was != "b").map(|(w, n)| w == n).collect();
+    let kept = others.iter().filter(|&&k| k).count() as f64 / others.len() as f64;
+
+    c.shutdown();
+    m.client_side.shutdown();
+    m.server_side.shutdown();
+    m.control.shutdown();
+    kept
+}
+
+#[tokio::test]
+async fn ring_hash_keeps_each_user_on_one_instance_and_moves_only_the_leavers_users() {
+    let client = SidecarSettings { balancer: Some("ring_hash".into()), ..Default::default() };
+    let kept = affinity(client, "x-user-id").await;
+    // Equal registry weights: the ring moves no key between instances that stay.
+    assert_eq!(kept, 1.0, "users of the instances that stayed kept their instance");
+}
+
+#[tokio::test]
+async fn maglev_per_service_with_its_own_header_keeps_affinity() {
+    let client = SidecarSettings { service_balancers: Some("echo=maglev:x-account".into()), ..Default::default() };
+    let kept = affinity(client, "x-account").await;
+    assert!(kept >= 0.9, "{kept} of the users of the instances that stayed kept their instance");
+}
