@@ -15,6 +15,7 @@ use serde::Deserialize;
 use crate::control::config::{ConfigError, addr, duration, err, log_settings, read_toml};
 use crate::control::registry::model::validate_service_name;
 use crate::control::telemetry::LogFormat;
+use crate::sidecar::health::{CheckKind, HealthCheckConfig};
 use crate::sidecar::outbound::balance::{Policy, ZonePreference};
 
 /// Command line of `redfire-sidecar`.
@@ -91,6 +92,21 @@ pub struct Settings {
     /// Share (0..=1) of the local zone's instances that must be up to stay in the zone [default: 0.5]
     #[arg(long, env = "REDFIRE_ZONE_MIN_HEALTHY")]
     pub zone_min_healthy: Option<String>,
+    /// App health check: none, grpc, grpc:<service>, or http:<path> (e.g. http:/healthz) [default: none]
+    #[arg(long, env = "REDFIRE_APP_HEALTH_CHECK")]
+    pub app_health_check: Option<String>,
+    /// Time between app health checks [default: 5s]
+    #[arg(long, env = "REDFIRE_APP_HEALTH_INTERVAL")]
+    pub app_health_interval: Option<String>,
+    /// An app health check that takes longer fails [default: 1s]
+    #[arg(long, env = "REDFIRE_APP_HEALTH_TIMEOUT")]
+    pub app_health_timeout: Option<String>,
+    /// Consecutive failed checks that make the app NOT_SERVING [default: 3]
+    #[arg(long, env = "REDFIRE_APP_HEALTH_UNHEALTHY_THRESHOLD")]
+    pub app_health_unhealthy_threshold: Option<String>,
+    /// Consecutive good checks that make the app SERVING again [default: 1]
+    #[arg(long, env = "REDFIRE_APP_HEALTH_HEALTHY_THRESHOLD")]
+    pub app_health_healthy_threshold: Option<String>,
     /// Requests in flight per upstream service before fast failure [default: 1024]
     #[arg(long, env = "REDFIRE_MAX_IN_FLIGHT")]
     pub max_in_flight: Option<String>,
@@ -167,6 +183,8 @@ pub struct Config {
     pub zone: String,
     /// Zone preference threshold: see [`ZonePreference::min_healthy_percent`].
     pub zone_min_healthy_percent: u8,
+    /// App health checks.
+    pub app_health: HealthCheckConfig,
     /// Concurrency limit per upstream service.
     pub max_in_flight: usize,
     /// Drain grace period.
@@ -204,6 +222,11 @@ impl Settings {
             service_balancers,
             zone,
             zone_min_healthy,
+            app_health_check,
+            app_health_interval,
+            app_health_timeout,
+            app_health_unhealthy_threshold,
+            app_health_healthy_threshold,
             max_in_flight,
             shutdown_grace,
             worker_threads,
@@ -276,6 +299,30 @@ impl Config {
             Ok(f) if (0.0..=1.0).contains(&f) => (f * 100.0).round() as u8,
             _ => return Err(err("zone_min_healthy", format!("{min_healthy:?} is not a fraction in 0..=1 like 0.5"))),
         };
+        let app_health = HealthCheckConfig {
+            kind: match s.app_health_check.as_deref().unwrap_or("none") {
+                "none" => None,
+                "grpc" => Some(CheckKind::Grpc { service: String::new() }),
+                other => match other.split_once(':') {
+                    Some(("grpc", service)) => Some(CheckKind::Grpc { service: service.to_string() }),
+                    Some(("http", path))
+                        if path.starts_with('/') && path.parse::<http::uri::PathAndQuery>().is_ok() =>
+                    {
+                        Some(CheckKind::Http { path: path.to_string() })
+                    }
+                    _ => {
+                        return Err(err(
+                            "app_health_check",
+                            format!("{other:?} is not one of none, grpc, grpc:<service>, http:/<path>"),
+                        ));
+                    }
+                },
+            },
+            interval: positive("app_health_interval", s.app_health_interval, "5s")?,
+            timeout: positive("app_health_timeout", s.app_health_timeout, "1s")?,
+            unhealthy_threshold: threshold("app_health_unhealthy_threshold", s.app_health_unhealthy_threshold, 3)?,
+            healthy_threshold: threshold("app_health_healthy_threshold", s.app_health_healthy_threshold, 1)?,
+        };
         let max_in_flight = s.max_in_flight.unwrap_or_else(|| "1024".into());
         let max_in_flight = match max_in_flight.parse::<usize>() {
             Ok(n) if n > 0 => n,
@@ -301,6 +348,7 @@ impl Config {
             service_balancers,
             zone,
             zone_min_healthy_percent,
+            app_health,
             max_in_flight,
             shutdown_grace: duration("shutdown_grace", s.shutdown_grace, "10s")?,
             worker_threads: match s.worker_threads {
@@ -331,6 +379,24 @@ impl Config {
             local_zone: self.zone.clone(),
             min_healthy_percent: self.zone_min_healthy_percent,
         })
+    }
+}
+
+fn positive(key: &str, v: Option<String>, default: &str) -> Result<Duration, ConfigError> {
+    let d = duration(key, v, default)?;
+    if d.is_zero() {
+        return Err(err(key, "must be above 0"));
+    }
+    Ok(d)
+}
+
+fn threshold(key: &str, v: Option<String>, default: u32) -> Result<u32, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(v) => match v.parse::<u32>() {
+            Ok(n) if (1..=100).contains(&n) => Ok(n),
+            _ => Err(err(key, format!("{v:?} is not a number in 1..=100"))),
+        },
     }
 }
 
@@ -379,6 +445,18 @@ mod tests {
         assert_eq!(c.upstreams.len(), 2);
         assert_eq!(c.upstreams[1].0, "strategies");
         assert_eq!(c.zone_preference(), None, "no zone, no preference");
+        assert_eq!(c.app_health, HealthCheckConfig::default(), "no app health checks unless asked");
+    }
+
+    #[test]
+    fn app_health_checks() {
+        let kind = |v: &str| {
+            Config::from_settings(Settings { app_health_check: Some(v.into()), ..base() }).unwrap().app_health.kind
+        };
+        assert_eq!(kind("grpc"), Some(CheckKind::Grpc { service: String::new() }));
+        assert_eq!(kind("grpc:orders.v1.Orders"), Some(CheckKind::Grpc { service: "orders.v1.Orders".into() }));
+        assert_eq!(kind("http:/healthz?full=1"), Some(CheckKind::Http { path: "/healthz?full=1".into() }));
+        assert_eq!(kind("none"), None);
     }
 
     #[test]
@@ -419,6 +497,12 @@ mod tests {
             (Settings { service_balancers: Some("orders=maglev:a b".into()), ..base() }, "service_balancers"),
             (Settings { zone: Some("eu 1".into()), ..base() }, "zone"),
             (Settings { zone_min_healthy: Some("1.5".into()), ..base() }, "zone_min_healthy"),
+            (Settings { app_health_check: Some("tcp".into()), ..base() }, "app_health_check"),
+            (Settings { app_health_check: Some("http:healthz".into()), ..base() }, "app_health_check"),
+            (Settings { app_health_interval: Some("0s".into()), ..base() }, "app_health_interval"),
+            (Settings { app_health_timeout: Some("soon".into()), ..base() }, "app_health_timeout"),
+            (Settings { app_health_unhealthy_threshold: Some("0".into()), ..base() }, "app_health_unhealthy_threshold"),
+            (Settings { app_health_healthy_threshold: Some("x".into()), ..base() }, "app_health_healthy_threshold"),
         ];
         for (s, key) in cases {
             let e = Config::from_settings(s).unwrap_err();

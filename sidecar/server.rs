@@ -1,5 +1,5 @@
-//! Assembles `redfire-sidecar`: identity, discovery, registration, the
-//! outbound listeners, the inbound mTLS listener, the admin port and the
+//! Assembles `redfire-sidecar`: identity, discovery, app health checks,
+//! registration (reporting health), the outbound listeners, the inbound mTLS listener, the admin port and the
 //! drain sequence (SIGTERM: report DRAINING, stop accepting, let in-flight
 //! requests finish within the grace period, deregister, exit 0).
 
@@ -23,6 +23,7 @@ use crate::proto::registry::v1::registry_client::RegistryClient;
 use crate::sidecar::admin::{self, Admin};
 use crate::sidecar::config::Config;
 use crate::sidecar::discovery::Discovery;
+use crate::sidecar::health::{self, AppHealth};
 use crate::sidecar::identity::{self, CredentialsRx, IdentityConfig};
 use crate::sidecar::inbound::Inbound;
 use crate::sidecar::metrics::Metrics;
@@ -117,7 +118,11 @@ impl Sidecar {
             metadata,
             ..Default::default()
         };
-        let registration = tokio::spawn(registration::run(registry, instance, drain.subscribe(), finished_rx));
+        let (app_health, health_task) =
+            health::spawn(&config.app_health, config.app_addr, config.app_protocol).map_err(SidecarError::Start)?;
+        let (serving_tx, serving) = watch::channel(false);
+        let serving_task = tokio::spawn(follow_serving(creds.clone(), app_health.clone(), serving_tx));
+        let registration = tokio::spawn(registration::run(registry, instance, serving, drain.subscribe(), finished_rx));
 
         let outbound = Arc::new(Outbound::new(discovery.clone(), Pool::new(creds.clone()), metrics.clone()));
         let inbound =
@@ -127,6 +132,7 @@ impl Sidecar {
             metrics,
             discovery,
             creds: creds.clone(),
+            app_health,
             draining: drain.subscribe(),
         });
 
@@ -149,7 +155,7 @@ impl Sidecar {
                 let _ = tokio::time::timeout(grace, async { while servers.join_next().await.is_some() {} }).await;
                 finished_tx.send_replace(true);
                 let _ = tokio::time::timeout(Duration::from_secs(2), registration).await;
-                for t in [identity_task, discovery_task, tls_task] {
+                for t in [identity_task, discovery_task, tls_task, serving_task].into_iter().chain(health_task) {
                     t.abort();
                 }
                 admin_stop.start();
@@ -186,6 +192,22 @@ async fn follow_credentials(mut creds: CredentialsRx, tls: Arc<ArcSwapOption<rus
         }
         if creds.changed().await.is_err() {
             return;
+        }
+    }
+}
+
+/// Keeps `serving` true while the sidecar can take traffic: it has a
+/// workload certificate (peers cannot complete a handshake without one) and
+/// its app is healthy.
+async fn follow_serving(mut creds: CredentialsRx, mut app: watch::Receiver<AppHealth>, serving: watch::Sender<bool>) {
+    let (mut creds_open, mut app_open) = (true, true);
+    loop {
+        let now = creds.borrow_and_update().is_some() && *app.borrow_and_update() == AppHealth::Serving;
+        serving.send_if_modified(|s| std::mem::replace(s, now) != now);
+        tokio::select! {
+            r = creds.changed(), if creds_open => creds_open = r.is_ok(),
+            r = app.changed(), if app_open => app_open = r.is_ok(),
+            else => return,
         }
     }
 }
