@@ -16,7 +16,7 @@ use crate::sidecar::config::Config;
 use crate::sidecar::discovery::Discovery;
 use crate::sidecar::health::AppHealth;
 use crate::sidecar::identity::CredentialsRx;
-use crate::sidecar::metrics::Metrics;
+use crate::sidecar::metrics::{Metrics, UpstreamState};
 
 /// What the admin endpoints read.
 #[derive(Debug)]
@@ -70,6 +70,16 @@ impl Admin {
                     };
                     self.metrics.cert_expiry_seconds.set(left);
                 }
+                self.metrics.set_upstreams(self.discovery.upstreams().iter().map(|u| {
+                    let set = u.set.load();
+                    let state = UpstreamState {
+                        ejections: set.outliers.ejections(),
+                        ejected: set.outliers.ejected(),
+                        endpoints: set.balancer.endpoints().len(),
+                        in_flight: u.limit.in_flight(),
+                    };
+                    (u.service.clone(), state)
+                }));
                 text(
                     StatusCode::OK,
                     self.metrics.render(),

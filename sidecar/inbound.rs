@@ -106,6 +106,7 @@ impl Inbound {
     }
 
     async fn connection(self: Arc<Self>, tcp: tokio::net::TcpStream, remote: SocketAddr, drain: Drain) {
+        let _open = self.metrics.open_connection("inbound");
         let Some(config) = self.tls.load_full() else {
             tracing::warn!(%remote, "refusing a peer: no workload certificate");
             return;
@@ -165,8 +166,7 @@ impl Inbound {
             },
             Err(e) => e.respond(grpc),
         };
-        self.metrics.observe("inbound", &self.service, &resp, started.elapsed());
-        resp
+        self.metrics.observe("inbound", &self.service, resp, started.elapsed())
     }
 
     fn to_app(&self, req: Request<Incoming>, peer: Option<HeaderValue>) -> Result<Request<Body>, ProxyError> {

@@ -129,7 +129,7 @@ impl Sidecar {
             Arc::new(Inbound::new(config.service.clone(), config.app_addr, config.app_protocol, tls, metrics.clone()));
         let admin = Arc::new(Admin {
             config: config.clone(),
-            metrics,
+            metrics: metrics.clone(),
             discovery,
             creds: creds.clone(),
             app_health,
@@ -137,9 +137,9 @@ impl Sidecar {
         });
 
         let mut servers = JoinSet::new();
-        servers.spawn(serve_outbound(outbound_l, outbound.clone(), None, drain.clone()));
+        servers.spawn(serve_outbound(outbound_l, outbound.clone(), None, metrics.clone(), drain.clone()));
         for (service, l) in upstream_ls {
-            servers.spawn(serve_outbound(l, outbound.clone(), Some(service), drain.clone()));
+            servers.spawn(serve_outbound(l, outbound.clone(), Some(service), metrics.clone(), drain.clone()));
         }
         servers.spawn(inbound.serve(inbound_l, drain.clone()));
         let admin_stop = Drain::default();
@@ -214,7 +214,13 @@ async fn follow_serving(mut creds: CredentialsRx, mut app: watch::Receiver<AppHe
 
 /// Serves one outbound listener (HTTP/1.1 and h2c) until the drain; open
 /// connections finish their in-flight requests gracefully.
-async fn serve_outbound(listener: TcpListener, outbound: Arc<Outbound>, service: Option<String>, drain: Drain) {
+async fn serve_outbound(
+    listener: TcpListener,
+    outbound: Arc<Outbound>,
+    service: Option<String>,
+    metrics: Arc<Metrics>,
+    drain: Drain,
+) {
     let mut conns = JoinSet::new();
     loop {
         let (tcp, _) = tokio::select! {
@@ -232,7 +238,9 @@ async fn serve_outbound(listener: TcpListener, outbound: Arc<Outbound>, service:
         let outbound = outbound.clone();
         let service = service.clone();
         let drain = drain.clone();
+        let open = metrics.open_connection("outbound");
         conns.spawn(async move {
+            let _open = open;
             let svc = service_fn(move |req| {
                 let outbound = outbound.clone();
                 let service = service.clone();

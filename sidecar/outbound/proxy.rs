@@ -65,8 +65,7 @@ impl Outbound {
             Some(s) => self.forward(&s, req, started).await.unwrap_or_else(|e| e.respond(grpc)),
             None => ProxyError::NoService.respond(grpc),
         };
-        self.metrics.observe("outbound", &label, &resp, started.elapsed());
-        resp
+        self.metrics.observe("outbound", &label, resp, started.elapsed())
     }
 
     async fn forward(
