@@ -18,9 +18,10 @@ use support::*;
 
 const USERS: usize = 60;
 
+type Client = hyper::client::conn::http2::SendRequest<BoxBody>;
+
 /// The instance that answered one request, with `header: value` when given.
-async fn instance_for(listener: SocketAddr, header: Option<(&str, &str)>) -> String {
-    let mut c = h2c_client(listener).await;
+async fn instance_for(c: &mut Client, header: Option<(&str, &str)>) -> String {
     let mut req =
         Request::post("http://echo/echo.Echo/Say").header("content-type", "application/grpc").header("te", "trailers");
     if let Some((name, value)) = header {
@@ -43,12 +44,13 @@ async fn instance_for(listener: SocketAddr, header: Option<(&str, &str)>) -> Str
 
 /// Where each user lands (asking each three times: it must be the same).
 async fn placement(listener: SocketAddr, header: &str) -> Vec<String> {
+    let c = &mut h2c_client(listener).await;
     let mut out = Vec::new();
     for u in 0..USERS {
         let user = format!("user-{u}");
-        let first = instance_for(listener, Some((header, &user))).await;
+        let first = instance_for(c, Some((header, &user))).await;
         for _ in 0..2 {
-            assert_eq!(instance_for(listener, Some((header, &user))).await, first, "{user} stays on one instance");
+            assert_eq!(instance_for(c, Some((header, &user))).await, first, "{user} stays on one instance");
         }
         out.push(first);
     }
@@ -82,8 +84,9 @@ async fn affinity(client: SidecarSettings, header: &str) -> f64 {
 
     // Without the header: still served, by whichever instance.
     let mut seen = std::collections::HashSet::new();
+    let client = &mut h2c_client(listener).await;
     for _ in 0..30 {
-        seen.insert(instance_for(listener, None).await);
+        seen.insert(instance_for(client, None).await);
     }
     assert!(seen.len() >= 2, "keyless requests are balanced, not pinned: {seen:?}");
 
