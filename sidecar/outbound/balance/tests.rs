@@ -318,6 +318,44 @@ proptest! {
     }
 
     #[test]
+    fn least_request_shares_held_requests_by_weight(ws in proptest::collection::vec(1u32..=5, 2..8), seed: u64) {
+        // Requests that stay in flight (long streams): candidates drawn by
+        // weight and compared per unit of weight keep in-flight per weight
+        // level (20 on average here).
+        fastrand::seed(seed);
+        let total: u32 = ws.iter().sum();
+        let b = balancer(Policy::LeastRequest, set(&ws));
+        let held: Vec<RequestLoad> = (0..total * 20)
+            .map(|_| b.start(b.pick(&PickContext::new()).expect("an endpoint")).expect("own index"))
+            .collect();
+        let per_weight: Vec<f64> = ws
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| f64::from(b.outstanding(EndpointIdx::new(i)).expect("own index")) / f64::from(w))
+            .collect();
+        let (lo, hi) = per_weight.iter().fold((f64::MAX, 0.0f64), |(lo, hi), &r| (lo.min(r), hi.max(r)));
+        prop_assert!(hi <= 22.0 && lo >= 15.0, "in flight per weight {:?}", per_weight);
+        drop(held);
+    }
+
+    #[test]
+    fn peak_ewma_levels_held_requests_over_equal_endpoints(n in 2usize..10, seed: u64) {
+        // Equal latency estimates: the cost is the in-flight count, and P2C
+        // keeps the busiest endpoint within a couple of the average (20).
+        // (Candidates are drawn uniformly, so weights shift traffic only
+        // within pairs: an endpoint never gets more than 2/n of the picks.)
+        fastrand::seed(seed);
+        let b = balancer(Policy::PeakEwma, set(&vec![1; n]));
+        let held: Vec<RequestLoad> = (0..n * 20)
+            .map(|_| b.start(b.pick(&PickContext::new()).expect("an endpoint")).expect("own index"))
+            .collect();
+        let out: Vec<u32> = (0..n).map(|i| b.outstanding(EndpointIdx::new(i)).expect("own index")).collect();
+        let (lo, hi) = (out.iter().min().copied().unwrap_or(0), out.iter().max().copied().unwrap_or(0));
+        prop_assert!(hi <= 22 && lo >= 14, "in flight {:?}", out);
+        drop(held);
+    }
+
+    #[test]
     fn no_policy_picks_an_unavailable_or_absent_endpoint(ws in weights(), mask: u16, seed: u64, key: Option<u32>) {
         fastrand::seed(seed);
         let up = |i: EndpointIdx| mask & (1 << i.index()) != 0;
