@@ -1,7 +1,9 @@
 //! Hash balancing end to end: a client sidecar and three `echo` endpoints
 //! (each a real sidecar beside its own app, over mTLS). The same
 //! `x-user-id` always reaches the same instance, different ids spread over
-//! all three, and when one instance leaves only its own users move.
+//! all three, and when one instance leaves only its own users move. Zone
+//! preference keeps keyless traffic in the caller's zone while enough of it
+//! is up (instances failing their health checks count as down).
 
 mod support;
 
@@ -122,4 +124,87 @@ async fn maglev_per_service_with_its_own_header_keeps_affinity() {
     let client = SidecarSettings { service_balancers: Some("echo=maglev:x-account".into()), ..Default::default() };
     let kept = affinity(client, "x-account").await;
     assert!(kept >= 0.9, "{kept} of the users of the instances that stayed kept their instance");
+}
+
+/// An h2c app named `name` whose `/healthz` answers 503 while `down` holds.
+async fn zone_app(name: &'static str, down: &'static std::sync::atomic::AtomicBool) -> SocketAddr {
+    use std::sync::atomic::Ordering;
+    serve_app(false, move |req: hyper::Request<hyper::body::Incoming>| async move {
+        let unhealthy = req.uri().path() == "/healthz" && down.load(Ordering::SeqCst);
+        let _ = req.into_body().collect().await;
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        let frames = vec![Ok(hyper::body::Frame::trailers(trailers))];
+        let body: BoxBody = http_body_util::StreamBody::new(futures::stream::iter(frames)).boxed_unsync();
+        let mut resp = http::Response::new(body);
+        if unhealthy {
+            *resp.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+        }
+        resp.headers_mut().insert("content-type", http::HeaderValue::from_static("application/grpc"));
+        resp.headers_mut().insert("x-instance", http::HeaderValue::from_static(name));
+        Ok::<_, std::convert::Infallible>(resp)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn zone_preference_keeps_traffic_local_and_spills_over_when_the_zone_is_short() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static LOCAL_1_DOWN: AtomicBool = AtomicBool::new(false);
+    static NEVER: AtomicBool = AtomicBool::new(false);
+    // The client in eu-1a, staying in the zone only while all of it is up.
+    let client = SidecarSettings {
+        zone: Some("eu-1a".into()),
+        zone_min_healthy: Some("1.0".into()),
+        balancer: Some("round_robin".into()),
+        ..Default::default()
+    };
+    let m = mesh(named_app("remote-1").await, "h2c", Some(client)).await;
+    let zoned = |zone: &str, check: bool| SidecarSettings {
+        zone: Some(zone.into()),
+        app_health_check: check.then(|| "http:/healthz".into()),
+        app_health_interval: Some("100ms".into()),
+        ..Default::default()
+    };
+    let mut extra = Vec::new();
+    for (id, name, zone, down) in [
+        ("echo-remote-2", "remote-2", "eu-1b", &NEVER),
+        ("echo-local-1", "local-1", "eu-1a", &LOCAL_1_DOWN),
+        ("echo-local-2", "local-2", "eu-1a", &NEVER),
+    ] {
+        let app = zone_app(name, down).await;
+        extra.push(sidecar_for(&m.control, "echo", id, app, "h2c", zoned(zone, true)).await);
+    }
+    let admin = m.client_side.admin_addr;
+    let count = |n: usize| async move {
+        eventually(Duration::from_secs(10), || async { endpoint_count(admin, "echo").await == n }).await
+    };
+    assert!(count(4).await, "four echo endpoints discovered");
+    let listener = m.client_side.upstream_addrs[0].1;
+    let spread = || async {
+        let c = &mut h2c_client(listener).await;
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..40 {
+            seen.insert(instance_for(c, None).await);
+        }
+        seen.into_iter().collect::<Vec<_>>()
+    };
+    assert_eq!(spread().await, ["local-1", "local-2"], "the whole zone is up: traffic stays in it");
+
+    // local-1 fails its checks: it reports NOT_SERVING but stays registered,
+    // so the zone counts 1 of 2 up, under the 100 % asked: spill over.
+    LOCAL_1_DOWN.store(true, Ordering::SeqCst);
+    assert!(count(3).await, "local-1 leaves the endpoints");
+    assert_eq!(spread().await, ["local-2", "remote-1", "remote-2"], "spread over every zone");
+
+    LOCAL_1_DOWN.store(false, Ordering::SeqCst);
+    assert!(count(4).await, "local-1 is back");
+    assert_eq!(spread().await, ["local-1", "local-2"], "back in the zone");
+
+    for s in extra {
+        s.shutdown();
+    }
+    m.client_side.shutdown();
+    m.server_side.shutdown();
+    m.control.shutdown();
 }
