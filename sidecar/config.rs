@@ -291,8 +291,9 @@ impl Config {
             service_balancers.insert(name.to_string(), Balancing { policy: p, hash_header: header });
         }
         let zone = s.zone.unwrap_or_default();
-        if zone.len() > 253 || zone.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            return Err(err("zone", format!("{zone:?} is not a zone name (no spaces, at most 253 bytes)")));
+        // The registry takes at most 128 bytes of zone.
+        if zone.len() > 128 || zone.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(err("zone", format!("{zone:?} is not a zone name (no spaces, at most 128 bytes)")));
         }
         let min_healthy = s.zone_min_healthy.unwrap_or_else(|| "0.5".into());
         let zone_min_healthy_percent = match min_healthy.parse::<f64>() {
@@ -496,6 +497,7 @@ mod tests {
             (Settings { service_balancers: Some("Orders=maglev".into()), ..base() }, "service_balancers"),
             (Settings { service_balancers: Some("orders=maglev:a b".into()), ..base() }, "service_balancers"),
             (Settings { zone: Some("eu 1".into()), ..base() }, "zone"),
+            (Settings { zone: Some("z".repeat(129)), ..base() }, "zone"),
             (Settings { zone_min_healthy: Some("1.5".into()), ..base() }, "zone_min_healthy"),
             (Settings { app_health_check: Some("tcp".into()), ..base() }, "app_health_check"),
             (Settings { app_health_check: Some("http:healthz".into()), ..base() }, "app_health_check"),
