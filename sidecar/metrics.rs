@@ -10,7 +10,7 @@
 //! | `redfire_sidecar_ejected_endpoints` | gauge | service (ejected or on probation now) |
 //! | `redfire_sidecar_endpoints` | gauge | service (endpoints discovered) |
 //! | `redfire_sidecar_in_flight_requests` | gauge | service (counted by the concurrency limit) |
-//! | `redfire_sidecar_open_connections` | gauge | direction (inbound: mTLS peers; outbound: app connections to the outbound listeners) |
+//! | `redfire_sidecar_open_connections` | gauge | direction (`inbound`: mTLS connections from peers; `outbound`: the app's connections to the outbound listeners; `peer`: pooled mTLS connections to other sidecars) |
 //! | `redfire_sidecar_cert_expiry_seconds` | gauge | — (seconds until the workload certificate expires) |
 //!
 //! The request path never allocates for a label: each (direction, service)
@@ -78,7 +78,7 @@ pub struct ServiceLabels {
 /// Labels of the connection gauge.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConnectionLabels {
-    /// `inbound` or `outbound`.
+    /// `inbound`, `outbound` or `peer`.
     pub direction: &'static str,
 }
 
@@ -338,7 +338,7 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts an open connection (`inbound` or `outbound`) until the guard drops.
+    /// Counts an open connection (`inbound`, `outbound` or `peer`) until the guard drops.
     pub fn open_connection(&self, direction: &'static str) -> OpenConnection {
         let g = self.connections.get_or_create(&ConnectionLabels { direction }).clone();
         g.inc();

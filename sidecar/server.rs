@@ -124,7 +124,8 @@ impl Sidecar {
         let serving_task = tokio::spawn(follow_serving(creds.clone(), app_health.clone(), serving_tx));
         let registration = tokio::spawn(registration::run(registry, instance, serving, drain.subscribe(), finished_rx));
 
-        let outbound = Arc::new(Outbound::new(discovery.clone(), Pool::new(creds.clone()), metrics.clone()));
+        let outbound =
+            Arc::new(Outbound::new(discovery.clone(), Pool::new(creds.clone(), metrics.clone()), metrics.clone()));
         let inbound =
             Arc::new(Inbound::new(config.service.clone(), config.app_addr, config.app_protocol, tls, metrics.clone()));
         let admin = Arc::new(Admin {

@@ -73,6 +73,8 @@ async fn metrics_after_traffic_with_retries_and_an_ejection() {
     assert_eq!(get(r#"redfire_sidecar_endpoints{service="echo"}"#), 2.0);
     assert_eq!(get(r#"redfire_sidecar_in_flight_requests{service="echo"}"#), 0.0);
     assert!(get(r#"redfire_sidecar_open_connections{direction="outbound"}"#) >= 1.0);
+    let peers = get(r#"redfire_sidecar_open_connections{direction="peer"}"#);
+    assert_eq!(peers, 2.0, "one pooled mTLS connection to each echo instance");
     let expiry = get("redfire_sidecar_cert_expiry_seconds");
     assert!(expiry > 0.0 && expiry <= 24.0 * 3600.0, "the leaf's remaining lifetime: {expiry}");
 

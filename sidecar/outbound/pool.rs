@@ -14,6 +14,7 @@ use tokio_rustls::TlsConnector;
 use crate::sidecar::Body;
 use crate::sidecar::errors::ProxyError;
 use crate::sidecar::identity::{Credentials, CredentialsRx};
+use crate::sidecar::metrics::Metrics;
 use crate::sidecar::outbound::balance::Address;
 use crate::sidecar::transport::tls::{client_config, peer_server_name};
 
@@ -32,6 +33,7 @@ type Slot = Arc<tokio::sync::Mutex<Option<SendRequest<Body>>>>;
 /// See the module docs.
 pub struct Pool {
     creds: CredentialsRx,
+    metrics: Arc<Metrics>,
     slots: Mutex<HashMap<(String, String), Slot>>,
     tls: Mutex<HashMap<String, (Arc<Credentials>, TlsConnector)>>,
 }
@@ -44,9 +46,10 @@ impl std::fmt::Debug for Pool {
 }
 
 impl Pool {
-    /// A pool presenting the credentials published on `creds`.
-    pub fn new(creds: CredentialsRx) -> Self {
-        Pool { creds, slots: Mutex::new(HashMap::new()), tls: Mutex::new(HashMap::new()) }
+    /// A pool presenting the credentials published on `creds`, counting
+    /// its open connections in `metrics`.
+    pub fn new(creds: CredentialsRx, metrics: Arc<Metrics>) -> Self {
+        Pool { creds, metrics, slots: Mutex::new(HashMap::new()), tls: Mutex::new(HashMap::new()) }
     }
 
     /// A ready sender to `addr`, whose certificate must carry `expected`.
@@ -106,7 +109,9 @@ impl Pool {
             .await
             .map_err(|e| fail(format!("HTTP/2: {e}")))?;
         let endpoint = addr.to_string();
+        let open = self.metrics.open_connection("peer");
         tokio::spawn(async move {
+            let _open = open;
             if let Err(e) = conn.await {
                 tracing::debug!(%endpoint, error = %e, "peer connection closed");
             }
