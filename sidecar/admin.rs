@@ -70,6 +70,7 @@ impl Admin {
                     };
                     self.metrics.cert_expiry_seconds.set(left);
                 }
+                self.metrics.app_serving.set(i64::from(*self.app_health.borrow() == AppHealth::Serving));
                 self.metrics.set_upstreams(self.discovery.upstreams().iter().map(|u| {
                     let set = u.set.load();
                     let state = UpstreamState {

@@ -12,6 +12,7 @@
 //! | `redfire_sidecar_in_flight_requests` | gauge | service (counted by the concurrency limit) |
 //! | `redfire_sidecar_open_connections` | gauge | direction (`inbound`: mTLS connections from peers; `outbound`: the app's connections to the outbound listeners; `peer`: pooled mTLS connections to other sidecars) |
 //! | `redfire_sidecar_cert_expiry_seconds` | gauge | — (seconds until the workload certificate expires) |
+//! | `redfire_sidecar_app_serving` | gauge | — (1 while the app passes its health checks, or has none) |
 //!
 //! The request path never allocates for a label: each (direction, service)
 //! gets its handles once ([`ServiceHandles`]), and later requests find them
@@ -220,6 +221,8 @@ pub struct Metrics {
     connections: Family<ConnectionLabels, Gauge>,
     /// Seconds until the workload certificate expires (negative: expired).
     pub cert_expiry_seconds: Gauge,
+    /// 1 while the app is healthy, else 0.
+    pub app_serving: Gauge,
     /// Inbound, outbound.
     services: [RwLock<HashMap<String, Arc<ServiceHandles>>>; 2],
     /// Serializes scrape-time updates (the ejection counter adds deltas).
@@ -234,6 +237,7 @@ impl Default for Metrics {
             Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
         });
         let cert_expiry_seconds = Gauge::default();
+        let app_serving = Gauge::default();
         let retries = Family::<RetryLabels, Counter>::default();
         let ejections = Family::<ServiceLabels, Counter>::default();
         let ejected = Family::<ServiceLabels, Gauge>::default();
@@ -253,6 +257,7 @@ impl Default for Metrics {
             "seconds until the workload certificate expires",
             cert_expiry_seconds.clone(),
         );
+        registry.register("app_serving", "1 while the app passes its health checks (or has none)", app_serving.clone());
         Metrics {
             registry,
             requests,
@@ -264,6 +269,7 @@ impl Default for Metrics {
             in_flight,
             connections,
             cert_expiry_seconds,
+            app_serving,
             services: [RwLock::default(), RwLock::default()],
             refresh: Mutex::new(()),
         }

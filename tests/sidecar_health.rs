@@ -80,6 +80,8 @@ async fn an_instance_whose_app_fails_its_checks_leaves_the_callers_endpoints_and
     assert!(eventually(Duration::from_secs(5), one).await, "the failing instance leaves the caller's endpoints");
     let (status, body) = http_get(flaky.admin_addr, "/ready").await;
     assert_eq!((status, body.trim()), (503, "not ready: the app fails its health checks"));
+    let (_, metrics) = http_get(flaky.admin_addr, "/metrics").await;
+    assert!(metrics.lines().any(|l| l == "redfire_sidecar_app_serving 0"), "{metrics}");
     for _ in 0..20 {
         assert_eq!(call(listener).await, "steady", "nothing goes to the NOT_SERVING instance");
     }
