@@ -18,10 +18,11 @@ use tokio::sync::watch;
 use tonic::transport::Endpoint as GrpcEndpoint;
 
 use crate::control::identity::ca::spiffe_id;
-use crate::control::registry::model::Instance;
+use crate::control::registry::model::{Health, Instance};
 use crate::proto::registry::v1 as pb;
 use crate::proto::registry::v1::registry_client::RegistryClient;
-use crate::sidecar::outbound::balance::{BalanceConfig, Balancer, Endpoint, EndpointIdx};
+use crate::sidecar::config::{Balancing, Config};
+use crate::sidecar::outbound::balance::{BalanceConfig, Balancer, Endpoint, EndpointIdx, ZonePreference};
 use crate::sidecar::outbound::breaker::{ConcurrencyLimit, OutlierConfig, OutlierDetector};
 use crate::sidecar::outbound::pool::{Pool, Slot};
 use crate::sidecar::outbound::retry::RetryBudget;
@@ -73,6 +74,9 @@ pub struct Upstream {
     pub limit: ConcurrencyLimit,
     /// Retries allowed to this service (20 % of requests + 10/s).
     pub budget: RetryBudget,
+    /// The header whose value is the hash key, when the service is balanced
+    /// by a hash policy.
+    pub hash_header: Option<http::HeaderName>,
 }
 
 /// Why a service cannot be used.
@@ -89,20 +93,18 @@ pub struct Discovery {
     upstreams: RwLock<HashMap<String, Arc<Upstream>>>,
     synced: watch::Receiver<bool>,
     connected: watch::Receiver<bool>,
-    balance: BalanceConfig,
+    default_balancing: Balancing,
+    service_balancing: BTreeMap<String, Balancing>,
+    zone: Option<ZonePreference>,
     max_in_flight: usize,
     trust_domain: String,
 }
 
 impl Discovery {
-    /// Starts watching control at `control` (e.g. `http://127.0.0.1:15010`).
-    pub fn spawn(
-        control: &str,
-        balance: BalanceConfig,
-        max_in_flight: usize,
-        trust_domain: String,
-    ) -> Result<(Arc<Discovery>, tokio::task::JoinHandle<()>), String> {
-        let channel = GrpcEndpoint::from_shared(control.to_string())
+    /// Starts watching control at `config.control_addr`, balancing each
+    /// service as `config` says.
+    pub fn spawn(config: &Config) -> Result<(Arc<Discovery>, tokio::task::JoinHandle<()>), String> {
+        let channel = GrpcEndpoint::from_shared(config.control_addr.clone())
             .map_err(|e| format!("control_addr: {e}"))?
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)
@@ -115,9 +117,11 @@ impl Discovery {
             upstreams: RwLock::new(HashMap::new()),
             synced,
             connected,
-            balance,
-            max_in_flight,
-            trust_domain,
+            default_balancing: Balancing { policy: config.balancer, hash_header: config.hash_header.clone() },
+            service_balancing: config.service_balancers.clone(),
+            zone: config.zone_preference(),
+            max_in_flight: config.max_in_flight,
+            trust_domain: config.trust_domain.clone(),
         });
         let task = tokio::spawn(run(d.clone(), RegistryClient::new(channel), synced_tx, connected_tx));
         Ok((d, task))
@@ -161,20 +165,33 @@ impl Discovery {
                 endpoints.push(ep);
             }
         }
+        // The zone preference's healthy share counts instances that report
+        // NOT_SERVING (absent from `endpoints`) as down; draining ones are
+        // leaving on purpose and count no more.
+        let zone_registered = self.zone.as_ref().map_or(0, |z| {
+            instances.values().filter(|i| i.zone == z.local_zone && i.health != Health::Draining).count()
+        });
         let mut map = self.upstreams.write().unwrap_or_else(|e| e.into_inner());
         match map.get(service) {
             Some(u) => {
                 let old = u.set.load();
                 let next = EndpointSet::new(
-                    old.balancer.update(endpoints.clone()),
+                    old.balancer.update_with_zone_registered(endpoints.clone(), zone_registered),
                     old.outliers.update(&endpoints),
                     identities,
                 );
                 u.set.store(Arc::new(next));
             }
             None => {
+                let balancing = self.service_balancing.get(service).unwrap_or(&self.default_balancing);
+                let config =
+                    BalanceConfig { policy: balancing.policy, zone: self.zone.clone(), ..BalanceConfig::default() };
                 let outliers = OutlierDetector::new(&endpoints, OutlierConfig::default());
-                let set = EndpointSet::new(Balancer::new(endpoints, self.balance.clone()), outliers, identities);
+                let set = EndpointSet::new(
+                    Balancer::with_zone_registered(endpoints, config, zone_registered),
+                    outliers,
+                    identities,
+                );
                 map.insert(
                     service.to_string(),
                     Arc::new(Upstream {
@@ -183,6 +200,7 @@ impl Discovery {
                         set: ArcSwap::from_pointee(set),
                         limit: ConcurrencyLimit::new(service, self.max_in_flight),
                         budget: RetryBudget::default(),
+                        hash_header: balancing.policy.is_hash().then(|| balancing.hash_header.clone()),
                     }),
                 );
             }

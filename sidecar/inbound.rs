@@ -79,7 +79,7 @@ impl AppConn {
                 .map_err(|_| ProxyError::App(format!("no answer from {} within {APP_CONNECT_TIMEOUT:?}", self.addr)))?
                 .map_err(|e| ProxyError::App(format!("connect {}: {e}", self.addr)))?;
             let _ = tcp.set_nodelay(true);
-            handshake(tcp, &self.addr).await.map_err(|e| ProxyError::App(e.to_string()))
+            handshake(tcp, &self.addr, None).await.map_err(|e| ProxyError::App(e.to_string()))
         })
         .await?;
         *self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(sender.clone());
@@ -168,6 +168,7 @@ impl Inbound {
     }
 
     async fn connection(self: Arc<Self>, tcp: tokio::net::TcpStream, remote: SocketAddr, drain: Drain) {
+        let _open = self.metrics.open_connection("inbound");
         let _ = tcp.set_nodelay(true);
         if self.plaintext {
             return self.serve_h2(tcp, None, remote, drain).await;
@@ -238,8 +239,7 @@ impl Inbound {
             .is_some_and(|v| v.starts_with("application/grpc"));
         if let Some(protocol) = req.headers().get(upgrade::UPGRADE).cloned() {
             let resp = Box::pin(self.upgrade(req, peer, protocol)).await.unwrap_or_else(|e| e.respond(grpc));
-            self.metrics.observe("inbound", &self.service, &resp, started.elapsed());
-            return resp;
+            return self.metrics.observe("inbound", &self.service, resp, started.elapsed());
         }
         let resp = match self.to_app(req, peer) {
             Ok(app_req) => match self.send(app_req).await {
@@ -248,7 +248,7 @@ impl Inbound {
             },
             Err(e) => e.respond(grpc),
         };
-        self.metrics.observe("inbound", &self.service, &resp, started.elapsed());
+        let resp = self.metrics.observe("inbound", &self.service, resp, started.elapsed());
         if let Some(span) = &span {
             trace::record_status(span, resp.status());
         }

@@ -15,6 +15,7 @@ pub mod body;
 pub mod config;
 pub mod discovery;
 pub mod errors;
+pub mod health;
 pub mod identity;
 pub mod inbound;
 pub mod metrics;

@@ -19,6 +19,7 @@ use tokio_rustls::TlsConnector;
 use crate::sidecar::Body;
 use crate::sidecar::errors::ProxyError;
 use crate::sidecar::identity::{Credentials, CredentialsRx};
+use crate::sidecar::metrics::{Metrics, OpenConnection};
 use crate::sidecar::outbound::balance::Address;
 use crate::sidecar::transport::tls::{client_config, peer_server_name};
 
@@ -71,6 +72,7 @@ impl Slot {
 /// See the module docs.
 pub struct Pool {
     creds: CredentialsRx,
+    metrics: Arc<Metrics>,
     slots: Mutex<HashMap<(String, String), Weak<Slot>>>,
     tls: Mutex<HashMap<String, (Arc<Credentials>, TlsConnector)>>,
     plaintext: bool,
@@ -84,10 +86,11 @@ impl std::fmt::Debug for Pool {
 }
 
 impl Pool {
-    /// A pool presenting the credentials published on `creds`; `plaintext`
-    /// (development only) dials h2c with no TLS.
-    pub fn new(creds: CredentialsRx, plaintext: bool) -> Self {
-        Pool { creds, slots: Mutex::new(HashMap::new()), tls: Mutex::new(HashMap::new()), plaintext }
+    /// A pool presenting the credentials published on `creds`, counting
+    /// its open connections in `metrics`; `plaintext` (development only)
+    /// dials h2c with no TLS.
+    pub fn new(creds: CredentialsRx, metrics: Arc<Metrics>, plaintext: bool) -> Self {
+        Pool { creds, metrics, slots: Mutex::new(HashMap::new()), tls: Mutex::new(HashMap::new()), plaintext }
     }
 
     /// The slot for `addr` whose certificate must carry `expected`: the one
@@ -153,18 +156,24 @@ impl Pool {
         .map_err(|_| fail(format!("no answer within {CONNECT_TIMEOUT:?}")))?
         .map_err(|e| fail(e.to_string()))?;
         let _ = tcp.set_nodelay(true);
-        let Some(connector) = connector else { return handshake(tcp, addr).await };
+        let Some(connector) = connector else {
+            return handshake(tcp, addr, Some(self.metrics.open_connection("peer"))).await;
+        };
         let tls = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(peer_server_name(), tcp))
             .await
             .map_err(|_| fail("TLS handshake timed out".into()))?
             .map_err(|e| fail(format!("TLS: {e}")))?;
-        handshake(tls, addr).await
+        handshake(tls, addr, Some(self.metrics.open_connection("peer"))).await
     }
 }
 
 /// HTTP/2 over an established (TLS or, in development, plaintext) connection
 /// to a peer sidecar or to an h2c app; `addr` names it in errors and logs.
-pub(crate) async fn handshake<I>(io: I, addr: &(dyn std::fmt::Display + Sync)) -> Result<SendRequest<Body>, ProxyError>
+pub(crate) async fn handshake<I>(
+    io: I,
+    addr: &(dyn std::fmt::Display + Sync),
+    open: Option<OpenConnection>,
+) -> Result<SendRequest<Body>, ProxyError>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -180,6 +189,7 @@ where
         .map_err(|e| ProxyError::Connect { endpoint: addr.to_string(), reason: format!("HTTP/2: {e}") })?;
     let endpoint = addr.to_string();
     tokio::spawn(async move {
+        let _open = open;
         if let Err(e) = conn.await {
             tracing::debug!(%endpoint, error = %e, "peer connection closed");
         }

@@ -89,7 +89,7 @@ impl Outbound {
             (Some(s), None) => self.forward(s, req, started).await.unwrap_or_else(|e| e.respond(grpc)),
             (None, _) => ProxyError::NoService.respond(grpc),
         };
-        self.metrics.observe("outbound", service.unwrap_or_default(), &resp, started.elapsed());
+        let resp = self.metrics.observe("outbound", service.unwrap_or_default(), resp, started.elapsed());
         if let Some(span) = &span {
             trace::record_status(span, resp.status());
         }
@@ -190,17 +190,20 @@ impl Outbound {
     ) -> (Result<Response<Incoming>, ProxyError>, Option<Outcome>) {
         let set = upstream.set.load_full();
         let available = |i| set.outliers.is_available(i);
-        let idx = if tried.is_empty() {
-            set.balancer.pick(&PickContext::new().with_filter(&available))
-        } else {
-            // Endpoints already tried for this request are skipped unless
-            // nothing else is available.
-            let fresh = |i: EndpointIdx| {
-                set.outliers.is_available(i) && set.balancer.endpoint(i).is_some_and(|e| !tried.contains(&e.id))
-            };
-            set.balancer
-                .pick(&PickContext::new().with_filter(&fresh))
-                .or_else(|| set.balancer.pick(&PickContext::new().with_filter(&available)))
+        // Hash policies route by the configured header's value (borrowed, no copy).
+        let key = upstream.hash_header.as_ref().and_then(|h| parts.headers.get(h)).map(HeaderValue::as_bytes);
+        let idx = {
+            let ctx = key.map_or_else(PickContext::new, |k| PickContext::new().with_hash_key(k));
+            if tried.is_empty() {
+                set.balancer.pick(&ctx.with_filter(&available))
+            } else {
+                // Endpoints already tried for this request are skipped unless
+                // nothing else is available.
+                let fresh = |i: EndpointIdx| {
+                    set.outliers.is_available(i) && set.balancer.endpoint(i).is_some_and(|e| !tried.contains(&e.id))
+                };
+                set.balancer.pick(&ctx.with_filter(&fresh)).or_else(|| set.balancer.pick(&ctx.with_filter(&available)))
+            }
         };
         let Some((idx, slot)) = idx.and_then(|idx| Some((idx, set.conn(idx, &self.pool)?))) else {
             return (Err(ProxyError::NoEndpoints(service.to_string())), None);

@@ -76,6 +76,59 @@ pub async fn unary_app() -> SocketAddr {
     .await
 }
 
+/// A unary gRPC-style app that names itself: every response carries
+/// `x-instance: <name>` (to see which endpoint the balancer picked).
+pub async fn named_app(name: &'static str) -> SocketAddr {
+    serve_app(false, move |req: Request<Incoming>| async move {
+        let _ = req.into_body().collect().await;
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        let body: BoxBody = StreamBody::new(futures::stream::iter(vec![Ok(Frame::trailers(trailers))])).boxed_unsync();
+        let mut resp = Response::new(body);
+        resp.headers_mut().insert("content-type", HeaderValue::from_static("application/grpc"));
+        resp.headers_mut().insert("x-instance", HeaderValue::from_static(name));
+        Ok::<_, Infallible>(resp)
+    })
+    .await
+}
+
+/// One more in-process sidecar for `service` beside `app`, registered with
+/// `control` as instance `instance_id`; `extra` overrides the defaults.
+pub async fn sidecar_for(
+    control: &Control,
+    service: &str,
+    instance_id: &str,
+    app: SocketAddr,
+    app_protocol: &str,
+    extra: SidecarSettings,
+) -> Sidecar {
+    let ca = Ca::load(Config::from_settings(settings()).unwrap().ca).await.unwrap();
+    let tok = token::create(&ca, "default", service, Duration::from_secs(600)).unwrap();
+    let config = SidecarConfig::from_settings(extra.or(SidecarSettings {
+        control_addr: Some(format!("http://{}", control.grpc_addr)),
+        service: Some(service.into()),
+        instance_id: Some(instance_id.into()),
+        bootstrap_token: Some(tok),
+        inbound_addr: Some("127.0.0.1:0".into()),
+        outbound_addr: Some("127.0.0.1:0".into()),
+        admin_addr: Some("127.0.0.1:0".into()),
+        app_addr: Some(app.to_string()),
+        app_protocol: Some(app_protocol.into()),
+        shutdown_grace: Some("2s".into()),
+        log_level: Some("warn".into()),
+        ..Default::default()
+    }))
+    .unwrap();
+    Sidecar::start(config).await.unwrap()
+}
+
+/// The number of endpoints of `service` the sidecar with admin port `admin` knows.
+pub async fn endpoint_count(admin: SocketAddr, service: &str) -> usize {
+    let (_, body) = http_get(admin, "/admin/endpoints").await;
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    json[service]["endpoints"].as_array().map_or(0, Vec::len)
+}
+
 /// Serves `handle` on a free 127.0.0.1 port, HTTP/1.1 or h2c, until the test ends.
 pub async fn serve_app<F, Fut>(http1: bool, handle: F) -> SocketAddr
 where
@@ -87,6 +140,7 @@ where
     tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else { return };
+            let _ = tcp.set_nodelay(true);
             tokio::spawn(async move {
                 let io = TokioIo::new(tcp);
                 let svc = service_fn(handle);
@@ -162,6 +216,8 @@ pub async fn mesh_full(
 
 pub async fn h2c_client(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<BoxBody> {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // Without it, Nagle + delayed ACKs add ~40 ms to every request.
+    tcp.set_nodelay(true).unwrap();
     let (sender, conn) =
         hyper::client::conn::http2::Builder::new(TokioExecutor::new()).handshake(TokioIo::new(tcp)).await.unwrap();
     tokio::spawn(conn);
