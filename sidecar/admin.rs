@@ -132,6 +132,7 @@ impl Admin {
                     "app_health_check": format!("{:?}", c.app_health.kind),
                     "app_health": format!("{:?}", *self.app_health.borrow()), "trust_domain": c.trust_domain, "worker_threads": c.worker_threads,
                     "dev_plaintext": c.dev_plaintext, "stream_idle_timeout": format!("{:?}", c.stream_idle_timeout),
+                    "ejection_failures": c.ejection_failures, "ejection_time": format!("{:?}", c.ejection_time),
                     "upstreams": c.upstreams.iter().map(|(s, a)| (s.clone(), a.to_string())).collect::<Vec<_>>(),
                     "identity": identity,
                 });

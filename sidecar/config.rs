@@ -110,6 +110,12 @@ pub struct Settings {
     /// Requests in flight per upstream service before fast failure [default: 1024]
     #[arg(long, env = "REDFIRE_MAX_IN_FLIGHT")]
     pub max_in_flight: Option<String>,
+    /// Consecutive failures that eject an endpoint from balancing [default: 5]
+    #[arg(long, env = "REDFIRE_EJECTION_FAILURES")]
+    pub ejection_failures: Option<String>,
+    /// First ejection's length; the nth lasts n times this, at most 300 s [default: 30s]
+    #[arg(long, env = "REDFIRE_EJECTION_TIME")]
+    pub ejection_time: Option<String>,
     /// A response stream with no frame for this long is cut (streams have no total timeout) [default: 5m]
     #[arg(long, env = "REDFIRE_STREAM_IDLE_TIMEOUT")]
     pub stream_idle_timeout: Option<String>,
@@ -196,6 +202,10 @@ pub struct Config {
     pub max_in_flight: usize,
     /// Drain grace period.
     pub shutdown_grace: Duration,
+    /// Consecutive failures that eject an endpoint.
+    pub ejection_failures: u32,
+    /// First ejection's length.
+    pub ejection_time: Duration,
     /// Idle timeout of response streams.
     pub stream_idle_timeout: Duration,
     /// Runtime worker threads (`None`: one per CPU).
@@ -240,6 +250,8 @@ impl Settings {
             app_health_healthy_threshold,
             max_in_flight,
             shutdown_grace,
+            ejection_failures,
+            ejection_time,
             stream_idle_timeout,
             worker_threads,
             dev_plaintext,
@@ -365,6 +377,16 @@ impl Config {
             app_health,
             max_in_flight,
             shutdown_grace: duration("shutdown_grace", s.shutdown_grace, "10s")?,
+            ejection_failures: match s.ejection_failures.as_deref().unwrap_or("5").parse::<u32>() {
+                Ok(n) if (1..=1000).contains(&n) => n,
+                _ => return Err(err("ejection_failures", "must be a number in 1..=1000")),
+            },
+            ejection_time: match duration("ejection_time", s.ejection_time, "30s")? {
+                d if d.is_zero() || d > Duration::from_secs(300) => {
+                    return Err(err("ejection_time", "must be above 0 and at most 300s"));
+                }
+                d => d,
+            },
             stream_idle_timeout: match duration("stream_idle_timeout", s.stream_idle_timeout, "5m")? {
                 d if d.is_zero() => return Err(err("stream_idle_timeout", "must be above 0")),
                 d => d,
@@ -515,6 +537,8 @@ mod tests {
             (Settings { max_in_flight: Some("0".into()), ..base() }, "max_in_flight"),
             (Settings { dev_plaintext: Some("yes".into()), ..base() }, "dev_plaintext"),
             (Settings { stream_idle_timeout: Some("0s".into()), ..base() }, "stream_idle_timeout"),
+            (Settings { ejection_failures: Some("0".into()), ..base() }, "ejection_failures"),
+            (Settings { ejection_time: Some("10m".into()), ..base() }, "ejection_time"),
             (Settings { hash_header: Some("x user".into()), ..base() }, "hash_header"),
             (Settings { service_balancers: Some("orders".into()), ..base() }, "service_balancers"),
             (Settings { service_balancers: Some("orders=hash".into()), ..base() }, "service_balancers"),

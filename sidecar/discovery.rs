@@ -98,6 +98,7 @@ pub struct Discovery {
     zone: Option<ZonePreference>,
     max_in_flight: usize,
     trust_domain: String,
+    outliers: OutlierConfig,
 }
 
 impl Discovery {
@@ -122,6 +123,11 @@ impl Discovery {
             zone: config.zone_preference(),
             max_in_flight: config.max_in_flight,
             trust_domain: config.trust_domain.clone(),
+            outliers: OutlierConfig {
+                consecutive_failures: config.ejection_failures,
+                base_ejection: config.ejection_time,
+                ..OutlierConfig::default()
+            },
         });
         let task = tokio::spawn(run(d.clone(), RegistryClient::new(channel), synced_tx, connected_tx));
         Ok((d, task))
@@ -186,7 +192,7 @@ impl Discovery {
                 let balancing = self.service_balancing.get(service).unwrap_or(&self.default_balancing);
                 let config =
                     BalanceConfig { policy: balancing.policy, zone: self.zone.clone(), ..BalanceConfig::default() };
-                let outliers = OutlierDetector::new(&endpoints, OutlierConfig::default());
+                let outliers = OutlierDetector::new(&endpoints, self.outliers);
                 let set = EndpointSet::new(
                     Balancer::with_zone_registered(endpoints, config, zone_registered),
                     outliers,

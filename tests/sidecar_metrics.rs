@@ -93,3 +93,79 @@ async fn metrics_after_traffic_with_retries_and_an_ejection() {
     m.server_side.shutdown();
     m.control.shutdown();
 }
+
+static FLAKY_FAILING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+static FLAKY_HITS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Counts its calls; answers UNAVAILABLE while `FLAKY_FAILING`, else OK.
+async fn flaky_app() -> std::net::SocketAddr {
+    use std::sync::atomic::Ordering;
+    serve_app(false, |req: Request<Incoming>| async move {
+        FLAKY_HITS.fetch_add(1, Ordering::SeqCst);
+        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let failing = FLAKY_FAILING.load(Ordering::SeqCst);
+        let mut resp =
+            Response::new(Full::new(if failing { Bytes::new() } else { body }).map_err(|n| match n {}).boxed_unsync());
+        resp.headers_mut().insert("content-type", HeaderValue::from_static("application/grpc"));
+        resp.headers_mut().insert("grpc-status", HeaderValue::from_static(if failing { "14" } else { "0" }));
+        Ok::<_, Infallible>(resp)
+    })
+    .await
+}
+
+/// An endpoint that fails is ejected (no call reaches it while ejected, and
+/// the callers see no failure), and once its app recovers and the ejection
+/// time has passed, a probe brings it back into balancing.
+#[tokio::test]
+async fn a_failing_endpoint_is_ejected_and_returns_after_it_recovers() {
+    use std::sync::atomic::Ordering;
+    let client = SidecarSettings {
+        balancer: Some("round_robin".into()),
+        ejection_time: Some("1s".into()),
+        ..Default::default()
+    };
+    let m = mesh(unary_app().await, "h2c", Some(client)).await;
+    let _flaky = sidecar_for(&m.control, "echo", "echo-flaky", flaky_app().await, "h2c", Default::default()).await;
+    let admin = m.client_side.admin_addr;
+    assert!(eventually(Duration::from_secs(10), || async { endpoint_count(admin, "echo").await == 2 }).await);
+    let mut c = h2c_client(m.client_side.upstream_addrs[0].1).await;
+    let mut call = async || {
+        let req = Request::post("http://echo/echo.Echo/Say")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(Full::new(Bytes::from_static(b"ping")).map_err(|n| match n {}).boxed_unsync())
+            .unwrap();
+        let resp = c.send_request(req).await.unwrap();
+        let status = resp.headers().get("grpc-status").cloned();
+        let body = resp.into_body().collect().await.unwrap();
+        body.trailers().and_then(|t| t.get("grpc-status").cloned()).or(status).unwrap()
+    };
+    let ejected = async || {
+        let (_, text) = http_get(admin, "/metrics").await;
+        sample(&text, r#"redfire_sidecar_ejected_endpoints{service="echo"}"#)
+    };
+
+    for _ in 0..20 {
+        assert_eq!(call().await, "0", "failures are retried on the healthy instance");
+    }
+    assert_eq!(ejected().await, Some(1.0), "5 failures in a row ejected the flaky instance");
+    let hits = FLAKY_HITS.load(Ordering::SeqCst);
+    for _ in 0..10 {
+        assert_eq!(call().await, "0");
+    }
+    assert_eq!(FLAKY_HITS.load(Ordering::SeqCst), hits, "no call reaches an ejected endpoint");
+
+    FLAKY_FAILING.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let mut back = false;
+    for _ in 0..200 {
+        assert_eq!(call().await, "0", "the recovering instance's probe and calls succeed");
+        if FLAKY_HITS.load(Ordering::SeqCst) > hits + 1 {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(back, "after the ejection time a probe succeeded and the instance takes traffic again");
+    assert_eq!(ejected().await, Some(0.0));
+}
