@@ -323,7 +323,17 @@ async fn open_loop(client: &Arc<Client>, body: &Bytes, rate: u64, secs: u64) -> 
     let mut max_lag = Duration::ZERO;
     for i in 0..total {
         let scheduled = start + period * i as u32;
-        tokio::time::sleep_until(scheduled).await;
+        // The timer has 1 ms resolution: sleep to just before the slot, then
+        // yield (letting responses be processed) until it is due, so calls
+        // leave on time rather than in 1 ms batches.
+        if let Some(early) = scheduled.checked_sub(Duration::from_millis(1))
+            && early > tokio::time::Instant::now()
+        {
+            tokio::time::sleep_until(early).await;
+        }
+        while tokio::time::Instant::now() < scheduled {
+            tokio::task::yield_now().await;
+        }
         max_lag = max_lag.max(tokio::time::Instant::now() - scheduled);
         let (client, body, failed, tx) = (client.clone(), body.clone(), failed.clone(), tx.clone());
         let sender = client.sender(i as usize);
