@@ -15,6 +15,14 @@ pub mod sidecar;
 /// Generated protobuf and gRPC code, one module per versioned package.
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
 pub mod proto {
+    /// `redfire.events.v1`
+    pub mod events {
+        /// `redfire.events.v1`
+        pub mod v1 {
+            tonic::include_proto!("redfire.events.v1");
+        }
+    }
+
     /// `redfire.identity.v1`
     pub mod identity {
         /// `redfire.identity.v1`

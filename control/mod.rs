@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod events;
 pub mod identity;
 pub mod metrics;
 pub mod registry;
