@@ -368,16 +368,12 @@ impl EventStore for RedisEventStore {
         let parts = array(&reply);
         let mut out = Fetched::default();
         for d in parts.first().map(array).unwrap_or_default() {
-            let [id, e, n, v] = array(d) else { continue };
-            let mut envelope = Envelope::decode(&bytes(e))?;
-            if let Ok(version) = text(v).parse() {
-                envelope.aggregate_version = version;
-            }
+            let [id, fields, n] = array(d) else { continue };
             out.deliveries.push(Delivery {
                 topic: topic.to_string(),
                 position: pos(&text(id))?,
                 delivery_count: int(n) as u32,
-                envelope,
+                envelope: entry_envelope(array(fields))?,
             });
         }
         out.dead_lettered = parts.get(1).map(int).unwrap_or(0);

@@ -3,7 +3,7 @@
 -- deliveries, claim (1/0), topic.
 -- Claims expired leases first (XAUTOCLAIM bumps the delivery count); one past
 -- max deliveries goes to the dead-letter stream with the reason and is acked.
--- Then new events (XREADGROUP >). Returns {{id, envelope, count}...}, dead, {trimmed ids}.
+-- Then new events (XREADGROUP >). Returns {{id, fields, count}...}, dead, {trimmed ids}.
 local group, consumer, count = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local maxd, topic = tonumber(ARGV[5]), ARGV[7]
 local out, dead, trimmed = {}, 0, {}
@@ -31,7 +31,7 @@ if ARGV[6] == '1' then
       redis.call('HDEL', KEYS[3], group .. '|' .. id)
       dead = dead + 1
     else
-      out[#out + 1] = {id, field(fields, 'e'), n, field(fields, 'v')}
+      out[#out + 1] = {id, fields, n}
     end
   end
   for _, id in ipairs(r[3] or {}) do trimmed[#trimmed + 1] = id end
@@ -40,7 +40,7 @@ if #out < count then
   local r = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', count - #out, 'STREAMS', KEYS[1], '>')
   if r then
     for _, entry in ipairs(r[1][2]) do
-      out[#out + 1] = {entry[1], field(entry[2], 'e'), 1, field(entry[2], 'v')}
+      out[#out + 1] = {entry[1], entry[2], 1}
     end
   end
 end
