@@ -163,6 +163,11 @@ impl EventsClient {
             }
             handled += 1;
             if spec.limit.is_some_and(|l| handled >= l) {
+                // Half-close: the server applies the commands sent so far,
+                // then ends the stream. Deliveries still in flight are
+                // redelivered to the group after the visibility timeout.
+                drop(tx);
+                while stream.message().await?.is_some() {}
                 break;
             }
         }

@@ -239,8 +239,12 @@ impl Events for EventsService {
         let handle = sub.handle.clone();
         // Command errors go out on their own small channel, merged below.
         let (err_tx, err_rx) = mpsc::channel::<pb::SubscribeResponse>(64);
+        // The client half-closing ends the subscription once its last
+        // commands are applied.
+        let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
         let mut shutdown = self.shutdown.clone();
         let commands = tokio::spawn(async move {
+            let _closed = closed_tx;
             loop {
                 let msg = tokio::select! {
                     m = input.message() => m,
@@ -288,16 +292,17 @@ impl Events for EventsService {
             }
         });
         let shutdown = self.shutdown.clone();
-        let deliveries = futures::stream::unfold(Some((sub, commands)), move |state| {
+        let deliveries = futures::stream::unfold(Some((sub, commands, closed_rx)), move |state| {
             let mut shutdown = shutdown.clone();
             async move {
-                let (mut sub, commands) = state?;
+                let (mut sub, commands, mut closed) = state?;
                 let next = tokio::select! {
                     d = sub.deliveries.recv() => d,
                     _ = shutdown.wait_for(|s| *s) => None,
+                    _ = &mut closed => None,
                 };
                 match next {
-                    Some(Ok(d)) => Some((Ok(delivery(d)), Some((sub, commands)))),
+                    Some(Ok(d)) => Some((Ok(delivery(d)), Some((sub, commands, closed)))),
                     Some(Err(e)) => {
                         commands.abort();
                         Some((Err(e.to_status()), None))
