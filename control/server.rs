@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 
@@ -203,6 +204,15 @@ async fn serve<S: RegistryStore>(store: Arc<S>, parts: Parts, config: Config) ->
             health.set_service_status("", ServingStatus::NotServing).await;
         }
     };
+    // With our own listener, tonic's `tcp_nodelay` does not apply: set it per
+    // connection, or small stream messages (Subscribe deliveries, Watch
+    // changes) wait ~40 ms for delayed ACKs (Nagle).
+    let incoming = TcpListenerStream::new(grpc).map(|s| {
+        if let Ok(s) = &s {
+            let _ = s.set_nodelay(true);
+        }
+        s
+    });
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
@@ -215,7 +225,7 @@ async fn serve<S: RegistryStore>(store: Arc<S>, parts: Parts, config: Config) ->
             EventsServer::new(events_service)
                 .max_decoding_message_size(config.events.limits.max_payload.saturating_mul(2).max(16 << 20)),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stop_accepting);
+        .serve_with_incoming_shutdown(incoming, stop_accepting);
     let grace = async {
         drain.started().await;
         tokio::time::sleep(config.shutdown_grace).await;
