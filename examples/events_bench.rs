@@ -69,7 +69,12 @@ async fn clients(addr: std::net::SocketAddr) -> anyhow::Result<Vec<EventsClient<
 }
 
 /// Events/s publishing `total_calls` calls of `batch` events from TASKS tasks.
-async fn publish_rate(cs: &[EventsClient<Channel>], topic: &str, total_calls: usize, batch: usize) -> anyhow::Result<f64> {
+async fn publish_rate(
+    cs: &[EventsClient<Channel>],
+    topic: &str,
+    total_calls: usize,
+    batch: usize,
+) -> anyhow::Result<f64> {
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -251,7 +256,9 @@ async fn main() -> anyhow::Result<()> {
     }
     let raw = if only.as_deref() != Some("memory") { Some(raw_redis().await.context("raw redis")?) } else { None };
     println!();
-    println!("| store | publish/s single | publish/s batch 100 | e2e p50 / p99 ms, 1 consumer | e2e p50 / p99 ms, 10 consumers |");
+    println!(
+        "| store | publish/s single | publish/s batch 100 | e2e p50 / p99 ms, 1 consumer | e2e p50 / p99 ms, 10 consumers |"
+    );
     println!("|---|---|---|---|---|");
     for r in &rows {
         let cell = |i: usize| {

@@ -102,11 +102,8 @@ async fn main() -> anyhow::Result<()> {
         .into_inner();
     let types: Vec<_> = agg.events.iter().map(|e| format!("v{} {}", e.aggregate_version, e.r#type)).collect();
     println!("aggregate order-1001 at v{}: {}", agg.version, types.join(", "));
-    let mut replay = orders
-        .raw()
-        .replay(pb::ReplayRequest { topic: "orders".into(), ..Default::default() })
-        .await?
-        .into_inner();
+    let mut replay =
+        orders.raw().replay(pb::ReplayRequest { topic: "orders".into(), ..Default::default() }).await?.into_inner();
     while let Some(m) = replay.message().await? {
         let e = m.event.unwrap_or_default();
         println!("replay:  {} {} {}", m.position, e.r#type, String::from_utf8_lossy(&e.data));

@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::metrics::EventMetrics;
 use super::model::{Envelope, EventError, NewEvent, Position, Retention, StartFrom, TopicInfo, validate_name};
 use super::store::EventStore;
-use super::subscription::{SubscribeSpec, Subscription};
+use super::subscription::{Handle, SubscribeSpec, Subscription};
 use crate::control::metrics::Metrics;
 use crate::proto::events::v1 as pb;
 use crate::proto::events::v1::events_server::Events;
@@ -181,6 +181,54 @@ fn delivery(d: super::model::Delivery) -> pb::SubscribeResponse {
     }
 }
 
+const COMMANDS_IN_FLIGHT: usize = 64;
+
+type CommandFuture = Pin<Box<dyn std::future::Future<Output = Option<pb::SubscribeResponse>> + Send>>;
+
+/// The next client message, until the client half-closes or goes away.
+async fn next_command(
+    mut input: Streaming<pb::SubscribeRequest>,
+) -> Option<(pb::SubscribeRequest, Streaming<pb::SubscribeRequest>)> {
+    match input.message().await {
+        Ok(Some(m)) => Some((m, input)),
+        Ok(None) | Err(_) => None,
+    }
+}
+
+/// Applies one ack / nack / extend; the error message to send back, if any.
+async fn apply(handle: Handle, msg: pb::SubscribeRequest) -> Option<pb::SubscribeResponse> {
+    let (topic, position, r) = match msg.command? {
+        pb::subscribe_request::Command::Open(_) => (
+            String::new(),
+            String::new(),
+            Err(EventError::InvalidArgument("`open` may only be the first message".into())),
+        ),
+        pb::subscribe_request::Command::Ack(a) => {
+            let r = match a.position.parse() {
+                Ok(p) => handle.ack(&a.topic, p).await,
+                Err(e) => Err(e),
+            };
+            (a.topic, a.position, r)
+        }
+        pb::subscribe_request::Command::Nack(n) => {
+            let delay = Duration::from_millis(u64::from(n.delay_ms));
+            let r = match n.position.parse() {
+                Ok(p) => handle.nack(&n.topic, p, delay, &n.reason).await,
+                Err(e) => Err(e),
+            };
+            (n.topic, n.position, r)
+        }
+        pb::subscribe_request::Command::Extend(x) => {
+            let r = match x.position.parse() {
+                Ok(p) => handle.extend(&x.topic, p).await,
+                Err(e) => Err(e),
+            };
+            (x.topic, x.position, r)
+        }
+    };
+    r.err().map(|e| command_error(topic, position, e))
+}
+
 fn command_error(topic: String, position: String, e: EventError) -> pb::SubscribeResponse {
     pb::SubscribeResponse {
         message: Some(pb::subscribe_response::Message::Error(pb::CommandError {
@@ -245,49 +293,27 @@ impl Events for EventsService {
         let mut shutdown = self.shutdown.clone();
         let commands = tokio::spawn(async move {
             let _closed = closed_tx;
+            let messages = futures::stream::unfold(input, next_command);
+            // Commands are applied concurrently (up to 64 at once) so one
+            // consumer's acks are not serialised on store round trips.
+            let results = futures::StreamExt::buffer_unordered(
+                futures::StreamExt::map(messages, move |m| -> CommandFuture { Box::pin(apply(handle.clone(), m)) }),
+                COMMANDS_IN_FLIGHT,
+            );
+            tokio::pin!(results);
             loop {
-                let msg = tokio::select! {
-                    m = input.message() => m,
+                let r = tokio::select! {
+                    r = futures::StreamExt::next(&mut results) => r,
                     _ = shutdown.wait_for(|s| *s) => return,
                 };
-                let cmd = match msg {
-                    Ok(Some(pb::SubscribeRequest { command: Some(c) })) => c,
-                    Ok(Some(_)) => continue,
-                    Ok(None) | Err(_) => return,
-                };
-                let (topic, position, r) = match cmd {
-                    pb::subscribe_request::Command::Open(_) => (
-                        String::new(),
-                        String::new(),
-                        Err(EventError::InvalidArgument("`open` may only be the first message".into())),
-                    ),
-                    pb::subscribe_request::Command::Ack(a) => {
-                        let r = match a.position.parse() {
-                            Ok(p) => handle.ack(&a.topic, p).await,
-                            Err(e) => Err(e),
-                        };
-                        (a.topic, a.position, r)
+                match r {
+                    None => return,
+                    Some(None) => {}
+                    Some(Some(err)) => {
+                        if err_tx.send(err).await.is_err() {
+                            return;
+                        }
                     }
-                    pb::subscribe_request::Command::Nack(n) => {
-                        let delay = Duration::from_millis(u64::from(n.delay_ms));
-                        let r = match n.position.parse() {
-                            Ok(p) => handle.nack(&n.topic, p, delay, &n.reason).await,
-                            Err(e) => Err(e),
-                        };
-                        (n.topic, n.position, r)
-                    }
-                    pb::subscribe_request::Command::Extend(x) => {
-                        let r = match x.position.parse() {
-                            Ok(p) => handle.extend(&x.topic, p).await,
-                            Err(e) => Err(e),
-                        };
-                        (x.topic, x.position, r)
-                    }
-                };
-                if let Err(e) = r
-                    && err_tx.send(command_error(topic, position, e)).await.is_err()
-                {
-                    return;
                 }
             }
         });
