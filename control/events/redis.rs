@@ -176,17 +176,27 @@ impl RedisEventStore {
 
     async fn lease(
         &self,
-        op: &str,
+        op: LeaseOp<'_>,
         topic: &str,
         group: &str,
         consumer: &str,
         position: Position,
-        idle: u64,
-        reason: &str,
     ) -> Result<(), EventError> {
         let k = self.keys(topic);
+        let (name, idle, reason) = match op {
+            LeaseOp::Ack => ("ack", 0, ""),
+            LeaseOp::Extend => ("extend", 0, ""),
+            LeaseOp::Nack { idle_ms, reason } => ("nack", idle_ms, reason),
+        };
         let mut inv = self.scripts.lease.prepare_invoke();
-        inv.key(&k.stream).key(&k.why).arg(op).arg(group).arg(consumer).arg(position.to_string()).arg(idle).arg(reason);
+        inv.key(&k.stream)
+            .key(&k.why)
+            .arg(name)
+            .arg(group)
+            .arg(consumer)
+            .arg(position.to_string())
+            .arg(idle)
+            .arg(reason);
         let (code, owner): (i64, String) = self.run(async |c| inv.invoke_async(c).await).await?;
         match code {
             1 => Ok(()),
@@ -198,6 +208,17 @@ impl RedisEventStore {
             ))),
         }
     }
+}
+
+/// What `lease.lua` does to a pending event.
+enum LeaseOp<'a> {
+    Ack,
+    Extend,
+    /// Claimable again once its idle time reaches the visibility timeout.
+    Nack {
+        idle_ms: u64,
+        reason: &'a str,
+    },
 }
 
 fn pos(id: &str) -> Result<Position, EventError> {
@@ -389,7 +410,7 @@ impl EventStore for RedisEventStore {
     }
 
     async fn ack(&self, topic: &str, group: &str, consumer: &str, position: Position) -> Result<(), EventError> {
-        self.lease("ack", topic, group, consumer, position, 0, "").await
+        self.lease(LeaseOp::Ack, topic, group, consumer, position).await
     }
 
     async fn nack(
@@ -402,12 +423,12 @@ impl EventStore for RedisEventStore {
         reason: &str,
     ) -> Result<(), EventError> {
         let vt = self.settings.visibility_timeout;
-        let idle = vt.saturating_sub(delay).as_millis() as u64;
-        self.lease("nack", topic, group, consumer, position, idle, reason).await
+        let idle_ms = vt.saturating_sub(delay).as_millis() as u64;
+        self.lease(LeaseOp::Nack { idle_ms, reason }, topic, group, consumer, position).await
     }
 
     async fn extend(&self, topic: &str, group: &str, consumer: &str, position: Position) -> Result<(), EventError> {
-        self.lease("extend", topic, group, consumer, position, 0, "").await
+        self.lease(LeaseOp::Extend, topic, group, consumer, position).await
     }
 
     async fn read_range(&self, topic: &str, after: Position, limit: usize) -> Result<Vec<Stored>, EventError> {
