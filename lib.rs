@@ -1,8 +1,8 @@
 //! RedFire Mesh: a gRPC-first service mesh.
 //!
 //! - [`control`] — the control service (`redfire-control`): service registry
-//!   with leases and watch streams, over an in-memory or Redis store, and
-//!   the mesh CA.
+//!   with leases and watch streams, over an in-memory or Redis store, the
+//!   mesh CA, and the event bus (`redfire.events.v1`).
 //! - [`sidecar`] — the data plane (`redfire-sidecar`): so far the workload
 //!   identity client and the pure building blocks of the outbound path
 //!   (balancing, retries, breakers).
