@@ -137,6 +137,9 @@ impl Control {
     }
 }
 
+/// Topics whose lag gauges are refreshed each `events_trim_interval`.
+const MAX_LAG_TOPICS: usize = 1000;
+
 /// What `serve` needs besides the store.
 struct Parts {
     grpc: TcpListener,
@@ -161,9 +164,10 @@ async fn serve<S: RegistryStore>(store: Arc<S>, parts: Parts, config: Config) ->
         LeasePolicy { default_ttl: config.lease_ttl, min_ttl: config.lease_ttl_min, max_ttl: config.lease_ttl_max };
     let registry = RegistryService::new(store.clone(), metrics.clone(), leases, drain.subscribe());
     let events_service = EventsService::new(events.clone(), metrics.clone(), config.events.limits, drain.subscribe());
-    // Retention: trims only what every group has acked.
+    // Retention (trims only what every group has acked), then the lag and
+    // pending gauges of every topic.
     let trimmer = tokio::spawn({
-        let (events, every) = (events.clone(), config.events.trim_interval);
+        let (events, every, gauges) = (events.clone(), config.events.trim_interval, metrics.events.clone());
         async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -173,6 +177,11 @@ async fn serve<S: RegistryStore>(store: Arc<S>, parts: Parts, config: Config) ->
                     Ok(n) if n > 0 => tracing::debug!(removed = n, "event retention applied"),
                     Ok(_) => {}
                     Err(e) => tracing::debug!(error = %e, "event retention failed"),
+                }
+                for topic in events.topics().await.unwrap_or_default().into_iter().take(MAX_LAG_TOPICS) {
+                    if let Ok(info) = events.describe(&topic).await {
+                        gauges.described(&info);
+                    }
                 }
             }
         }

@@ -303,3 +303,36 @@ async fn the_rust_client_publishes_domain_events_and_acks_on_ok_nacks_on_err() {
     control.shutdown();
     control.wait().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_publish_through_one_replica_reaches_a_subscriber_on_another() {
+    let Some(url) = support::shared_redis() else { return };
+    let prefix = support::unique_prefix("replicas");
+    let settings = || Settings {
+        events_trim_interval: Some("50ms".into()),
+        ..events_settings(support::redis_settings(&url, &prefix))
+    };
+    let (a, b) = (support::control(settings()).await, support::control(settings()).await);
+    let mut ca = raw(a.grpc_addr).await;
+    let mut cb = raw(b.grpc_addr).await;
+    publish(&mut ca, "orders", 1).await;
+    let mut sub = Sub::open(&mut cb, "orders", "billing", "b1").await.unwrap();
+    assert_eq!(sub.delivery().await.delivery_count, 1);
+    let later = publish(&mut ca, "orders", 3).await;
+    for p in &later {
+        let d = sub.delivery().await;
+        assert_eq!(&d.position, p, "published on replica a, delivered in order on replica b");
+        sub.send(ack("orders", &d.position)).await;
+    }
+    // Both replicas see the group; the lag gauge is refreshed without a describe call.
+    let lag_line = "redfire_control_events_consumer_lag{topic=\"orders\",group=\"billing\"} 0";
+    let lag_ok = support::eventually(Duration::from_secs(5), || async {
+        support::http_get(a.admin_addr, "/metrics").await.1.contains(lag_line)
+    })
+    .await;
+    assert!(lag_ok, "consumer_lag gauge on replica a");
+    for c in [a, b] {
+        c.shutdown();
+        c.wait().await.unwrap();
+    }
+}

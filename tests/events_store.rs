@@ -317,3 +317,21 @@ async fn a_late_group_starting_at_latest_sees_only_new_events(s: Arc<dyn EventSt
     let d = next(&mut l, Duration::from_secs(5)).await.expect("the new event");
     assert_eq!(d.position, new[0]);
 }
+
+both!(one_subscriber_consumes_several_topics);
+async fn one_subscriber_consumes_several_topics(s: Arc<dyn EventStore>) {
+    let orders = publish(&s, "orders", 3).await;
+    let fills = publish(&s, "fills", 2).await;
+    let mut sp = spec("orders", "risk", "r", 100);
+    sp.topics.push("fills".into());
+    let mut sub = subscribe(&s, sp).await;
+    let mut got = std::collections::BTreeMap::<String, Vec<Position>>::new();
+    for _ in 0..5 {
+        let d = next(&mut sub, Duration::from_secs(5)).await.expect("delivery");
+        sub.handle.ack(&d.topic, d.position).await.unwrap();
+        got.entry(d.topic).or_default().push(d.position);
+    }
+    assert_eq!(got["orders"], orders, "in order per topic");
+    assert_eq!(got["fills"], fills);
+    assert_eq!(s.topics().await.unwrap(), vec!["fills".to_string(), "orders".to_string()]);
+}

@@ -397,6 +397,12 @@ impl EventStore for MemoryEventStore {
         Ok(())
     }
 
+    async fn topics(&self) -> Result<Vec<String>, EventError> {
+        let mut names: Vec<String> = self.lock().keys().cloned().collect();
+        names.sort();
+        Ok(names)
+    }
+
     async fn trim(&self) -> Result<u64, EventError> {
         let now_ms = super::model::unix_us() as u64 / 1000;
         let mut removed = 0;

@@ -1,7 +1,8 @@
 //! Event bus metrics: per topic (and group) counters of published, delivered,
-//! redelivered, acked, nacked and dead-lettered events, consumer lag (set
-//! when a topic is described and by the control's lag refresher), and the
-//! end-to-end latency from event time to delivery.
+//! redelivered, acked, nacked and dead-lettered events, consumer lag and
+//! pending (set when a topic is described, which control does for every
+//! topic each `events_trim_interval`), and the end-to-end latency from event
+//! time to delivery.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -38,6 +39,7 @@ pub struct EventMetrics {
     acked: Family<GroupLabels, Counter>,
     nacked: Family<GroupLabels, Counter>,
     dead_lettered: Family<GroupLabels, Counter>,
+    trimmed_unacked: Family<GroupLabels, Counter>,
     lag: Family<GroupLabels, Gauge>,
     pending: Family<GroupLabels, Gauge>,
     latency: Family<TopicLabels, Histogram>,
@@ -52,6 +54,7 @@ impl Default for EventMetrics {
             acked: Family::default(),
             nacked: Family::default(),
             dead_lettered: Family::default(),
+            trimmed_unacked: Family::default(),
             lag: Family::default(),
             pending: Family::default(),
             latency: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.000_1, 2.0, 20))),
@@ -73,8 +76,13 @@ impl EventMetrics {
         r.register("acked", "acked events", self.acked.clone());
         r.register("nacked", "nacked events", self.nacked.clone());
         r.register("dead_lettered", "events moved to the dead-letter topic", self.dead_lettered.clone());
-        r.register("consumer_lag", "events not yet delivered to the group (at the last describe)", self.lag.clone());
-        r.register("pending", "delivered, not yet acked (at the last describe)", self.pending.clone());
+        r.register(
+            "trimmed_unacked",
+            "pending events found removed from the stream before they were acked",
+            self.trimmed_unacked.clone(),
+        );
+        r.register("consumer_lag", "events not yet delivered to the group", self.lag.clone());
+        r.register("pending", "delivered, not yet acked", self.pending.clone());
         r.register("end_to_end_seconds", "event time to delivery", self.latency.clone());
     }
 
@@ -110,6 +118,11 @@ impl EventMetrics {
     /// `n` events dead-lettered.
     pub fn dead_lettered(&self, topic: &str, g: &str, n: u64) {
         self.dead_lettered.get_or_create(&group(topic, g)).inc_by(n);
+    }
+
+    /// `n` pending events found trimmed before they were acked.
+    pub fn trimmed_unacked(&self, topic: &str, g: &str, n: u64) {
+        self.trimmed_unacked.get_or_create(&group(topic, g)).inc_by(n);
     }
 
     /// Lag and pending gauges from a description.

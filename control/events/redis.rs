@@ -567,9 +567,15 @@ impl EventStore for RedisEventStore {
         }
     }
 
-    async fn trim(&self) -> Result<u64, EventError> {
+    async fn topics(&self) -> Result<Vec<String>, EventError> {
         let key = self.topics_key();
-        let topics: Vec<String> = self.run(async |c| redis::cmd("SMEMBERS").arg(&key).query_async(c).await).await?;
+        let mut names: Vec<String> = self.run(async |c| redis::cmd("SMEMBERS").arg(&key).query_async(c).await).await?;
+        names.sort();
+        Ok(names)
+    }
+
+    async fn trim(&self) -> Result<u64, EventError> {
+        let topics = self.topics().await?;
         let mut removed = 0;
         for topic in topics {
             let k = self.keys(&topic);

@@ -108,6 +108,9 @@ pub trait EventStore: Send + Sync + std::fmt::Debug + 'static {
     /// Moves `group`'s read position to `position` (`None` = the end).
     async fn reset_group(&self, topic: &str, group: &str, position: Option<Position>) -> Result<(), EventError>;
 
+    /// Every topic's name (dead-letter topics included).
+    async fn topics(&self) -> Result<Vec<String>, EventError>;
+
     /// Applies every topic's retention, trimming only events every group
     /// has acked; returns how many events were removed.
     async fn trim(&self) -> Result<u64, EventError>;

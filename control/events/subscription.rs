@@ -239,6 +239,7 @@ async fn run(
                     metrics.dead_lettered(topic, &spec.group, fetched.dead_lettered);
                 }
                 if !fetched.trimmed.is_empty() {
+                    metrics.trimmed_unacked(topic, &spec.group, fetched.trimmed.len() as u64);
                     tracing::warn!(%topic, group = %spec.group, positions = ?fetched.trimmed,
                         "pending events were trimmed before they were acked");
                 }
