@@ -499,6 +499,24 @@ mod tests {
         assert_eq!(e.to_json()["data_base64"], "AAEC");
     }
 
+    proptest::proptest! {
+        #[test]
+        fn peer_input_never_panics(s in ".{0,64}", b in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            let _ = s.parse::<Position>();
+            let _ = validate_name("topic", &s);
+            if let Ok(mut e) = Envelope::decode(&b) {
+                let _ = e.validate(16);
+                let _ = e.to_json();
+            }
+        }
+
+        #[test]
+        fn positions_round_trip(ms in 0u64.., seq in 0u64..) {
+            let p = Position { ms, seq };
+            proptest::prop_assert_eq!(p.to_string().parse::<Position>().unwrap(), p);
+        }
+    }
+
     #[test]
     fn conflicts_carry_the_current_version() {
         let s = EventError::Conflict { aggregate_id: "o-1".into(), current: 3, expected: 2 }.to_status();
