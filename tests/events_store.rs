@@ -148,9 +148,10 @@ async fn a_consumer_that_extends_its_lease_is_not_redelivered_to(s: Arc<dyn Even
     let mut a = subscribe(&s, spec("orders", "shipping", "a", 10)).await;
     let d = next(&mut a, Duration::from_secs(5)).await.expect("delivery");
     let mut b = subscribe(&s, spec("orders", "shipping", "b", 10)).await;
-    // A slow handler: three visibility timeouts, extending every third of one.
-    for _ in 0..9 {
-        tokio::time::sleep(VT / 3).await;
+    // A slow handler: three visibility timeouts, extending every sixth of one
+    // (so a loaded machine delaying one extend by most of a timeout is fine).
+    for _ in 0..18 {
+        tokio::time::sleep(VT / 6).await;
         a.handle.extend("orders", d.position).await.unwrap();
         assert!(b.deliveries.try_recv().is_err(), "redelivered while the lease was being extended");
     }
