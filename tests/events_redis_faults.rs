@@ -173,3 +173,37 @@ async fn sigkill_with_appendfsync_everysec_is_measured() {
     // recorded in README.md.
     println!("everysec loss: {lost} of {acked}");
 }
+
+#[tokio::test]
+async fn publishes_fail_fast_with_unavailable_while_redis_is_down_and_work_after() {
+    use redfire::proto::events::v1 as pb;
+    if !support::have_redis_server() {
+        return;
+    }
+    let mut redis = support::RedisServer::start();
+    let control = support::control(support::redis_settings(&redis.url(), "outage")).await;
+    let ch = tonic::transport::Channel::from_shared(format!("http://{}", control.grpc_addr)).unwrap();
+    let mut c = pb::events_client::EventsClient::new(ch.connect().await.unwrap());
+    let req = || pb::PublishRequest {
+        topic: "orders".into(),
+        events: vec![pb::PublishEntry {
+            event: Some(pb::Event { r#type: "order.created".into(), ..Default::default() }),
+            idempotency_key: String::new(),
+        }],
+    };
+    c.publish(req()).await.expect("publish with redis up");
+    redis.kill();
+    let down = c.publish(req()).await.unwrap_err();
+    assert_eq!(down.code(), tonic::Code::Unavailable, "{down:?}");
+    let (status, body) = support::http_get(control.admin_addr, "/ready").await;
+    assert_eq!(status, 503, "{body}");
+    redis.restart();
+    let back = support::eventually(Duration::from_secs(10), || {
+        let mut c = c.clone();
+        async move { c.publish(req()).await.is_ok() }
+    })
+    .await;
+    assert!(back, "publishes work again once redis is back");
+    control.shutdown();
+    control.wait().await.unwrap();
+}
