@@ -121,6 +121,12 @@ pub struct Settings {
     /// Default and maximum workload certificate lifetime [default: 24h]
     #[arg(long, env = "REDFIRE_CERT_LIFETIME")]
     pub cert_lifetime: Option<String>,
+    /// Directory of per-service policy files (`<service>.toml`) [default: none]
+    #[arg(long, env = "REDFIRE_POLICY_DIR")]
+    pub policy_dir: Option<String>,
+    /// How often the policy directory is checked for changes [default: 1s]
+    #[arg(long, env = "REDFIRE_POLICY_POLL_INTERVAL")]
+    pub policy_poll_interval: Option<String>,
 }
 
 /// Which registry store.
@@ -167,6 +173,10 @@ pub struct Config {
     pub log_level: String,
     /// The mesh CA.
     pub ca: CaConfig,
+    /// Policy directory.
+    pub policy_dir: Option<PathBuf>,
+    /// Policy directory poll interval.
+    pub policy_poll_interval: Duration,
 }
 
 impl Default for Config {
@@ -218,7 +228,9 @@ impl Settings {
             ca_key_file,
             ca_dir,
             ca_extra_roots_file,
-            cert_lifetime
+            cert_lifetime,
+            policy_dir,
+            policy_poll_interval
         )
     }
 
@@ -320,7 +332,17 @@ impl Config {
             log_format,
             log_level,
             ca,
+            policy_dir: s.policy_dir.map(PathBuf::from),
+            policy_poll_interval: duration("policy_poll_interval", s.policy_poll_interval, "1s")?,
         };
+        if let Some(d) = &c.policy_dir
+            && !d.is_dir()
+        {
+            return Err(err("policy_dir", format!("{} is not a directory", d.display())));
+        }
+        if c.policy_poll_interval < Duration::from_millis(50) || c.policy_poll_interval > Duration::from_secs(60) {
+            return Err(err("policy_poll_interval", "must be within 50ms..=60s"));
+        }
         if c.redis_timeout.is_zero() {
             return Err(err("redis_timeout", "must be above 0"));
         }
@@ -420,6 +442,8 @@ mod tests {
             (Settings { trust_domain: Some("Bad/Domain".into()), ..Default::default() }, "trust_domain"),
             (Settings { ca_cert_file: Some("root.crt".into()), ..Default::default() }, "ca_key_file"),
             (Settings { cert_lifetime: Some("1s".into()), ..Default::default() }, "cert_lifetime"),
+            (Settings { policy_dir: Some("/nonexistent/policies".into()), ..Default::default() }, "policy_dir"),
+            (Settings { policy_poll_interval: Some("1ms".into()), ..Default::default() }, "policy_poll_interval"),
         ];
         for (s, key) in cases {
             let e = Config::from_settings(s).unwrap_err();

@@ -58,6 +58,8 @@ pub struct Metrics {
     watchers: Gauge,
     revision: Gauge,
     store_up: Gauge,
+    /// Policy files rejected on reload (the last good policy stayed in force).
+    pub policy_load_errors: std::sync::Arc<Counter>,
 }
 
 impl Default for Metrics {
@@ -77,7 +79,23 @@ impl Default for Metrics {
         registry.register("registry_watchers", "open Watch streams", watchers.clone());
         registry.register("registry_revision", "current registry revision", revision.clone());
         registry.register("store_up", "1 when the registry store takes writes", store_up.clone());
-        Metrics { registry, rpcs, rpc_seconds, store_errors, instances, watchers, revision, store_up }
+        let policy_load_errors = std::sync::Arc::new(Counter::default());
+        registry.register(
+            "policy_load_errors",
+            "policy files rejected on reload; the last good policy stayed in force",
+            (*policy_load_errors).clone(),
+        );
+        Metrics {
+            registry,
+            rpcs,
+            rpc_seconds,
+            store_errors,
+            instances,
+            watchers,
+            revision,
+            store_up,
+            policy_load_errors,
+        }
     }
 }
 

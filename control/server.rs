@@ -14,6 +14,9 @@ use crate::control::config::{Config, StoreKind};
 use crate::control::identity::ca::Ca;
 use crate::control::identity::service::IdentityService;
 use crate::control::metrics::Metrics;
+use crate::control::policy::files::PolicyDir;
+use crate::control::policy::service::PolicyService;
+use crate::control::policy::store::PolicyStore;
 use crate::control::registry::memory::MemoryStore;
 use crate::control::registry::redis::{RedisConfig, RedisStore};
 use crate::control::registry::service::{LeasePolicy, RegistryService};
@@ -21,6 +24,7 @@ use crate::control::registry::store::RegistryStore;
 use crate::control::shutdown::Drain;
 use crate::control::telemetry;
 use crate::proto::identity::v1::identity_server::IdentityServer;
+use crate::proto::policy::v1::policy_server::PolicyServer;
 use crate::proto::registry::v1::registry_server::RegistryServer;
 
 /// The control service failed to start or to run.
@@ -42,6 +46,9 @@ pub enum ServerError {
     /// The mesh CA could not be loaded.
     #[error("{0}")]
     Ca(#[from] crate::control::identity::ca::CaError),
+    /// A policy file is invalid (at start there is no last good one to keep).
+    #[error("{0}")]
+    Policy(#[from] crate::control::policy::model::PolicyError),
     /// The gRPC server failed.
     #[error("grpc server: {0}")]
     Grpc(String),
@@ -77,10 +84,28 @@ impl Control {
         let ca = Arc::new(Ca::load(config.ca.clone()).await?);
         let identity = IdentityService::new(ca, metrics.clone()).map_err(|e| ServerError::Grpc(e.to_string()))?;
         let drain = Drain::default();
+        let policies = match config.store {
+            StoreKind::Memory => PolicyStore::memory(),
+            StoreKind::Redis => {
+                let p = PolicyStore::redis(&config.redis_url, &config.redis_prefix, config.redis_timeout)
+                    .map_err(ServerError::Store)?;
+                if let Err(e) = p.refresh().await {
+                    tracing::warn!(error = %e, "policies not loaded from Redis yet; the poller keeps trying");
+                }
+                p
+            }
+        };
+        let policy_dir = match &config.policy_dir {
+            Some(dir) => {
+                let d = PolicyDir::load(dir.clone(), policies.clone(), metrics.policy_load_errors.clone()).await?;
+                Some(tokio::spawn(d.watch(config.policy_poll_interval)))
+            }
+            None => None,
+        };
         let task = match config.store {
             StoreKind::Memory => {
                 let store = MemoryStore::new(config.watch_history, config.sweep_interval);
-                let parts = Parts { grpc, admin, metrics, identity, drain: drain.clone() };
+                let parts = Parts { grpc, admin, metrics, identity, policies, policy_dir, drain: drain.clone() };
                 tokio::spawn(serve(Arc::new(store), parts, config))
             }
             StoreKind::Redis => {
@@ -97,7 +122,7 @@ impl Control {
                 // reachable); give a reachable Redis a moment so a fresh
                 // replica starts with the registry already loaded.
                 store.wait_synced(config.redis_timeout).await;
-                let parts = Parts { grpc, admin, metrics, identity, drain: drain.clone() };
+                let parts = Parts { grpc, admin, metrics, identity, policies, policy_dir, drain: drain.clone() };
                 tokio::spawn(serve(Arc::new(store), parts, config))
             }
         };
@@ -122,11 +147,13 @@ struct Parts {
     admin: TcpListener,
     metrics: Arc<Metrics>,
     identity: IdentityService,
+    policies: Arc<PolicyStore>,
+    policy_dir: Option<JoinHandle<()>>,
     drain: Drain,
 }
 
 async fn serve<S: RegistryStore>(store: Arc<S>, parts: Parts, config: Config) -> Result<(), ServerError> {
-    let Parts { grpc, admin: admin_listener, metrics, identity, drain } = parts;
+    let Parts { grpc, admin: admin_listener, metrics, identity, policies, policy_dir, drain } = parts;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<RegistryServer<RegistryService<S>>>().await;
     health.set_service_status("", ServingStatus::Serving).await;
@@ -147,6 +174,7 @@ async fn serve<S: RegistryStore>(store: Arc<S>, parts: Parts, config: Config) ->
             move || store.ready()
         }),
         drain: drain.clone(),
+        policies: policies.clone(),
     });
     let (admin_stop_tx, admin_stop) = tokio::sync::oneshot::channel::<()>();
     let admin_task = tokio::spawn(admin::serve(admin_listener, admin, async {
@@ -173,6 +201,7 @@ async fn serve<S: RegistryStore>(store: Arc<S>, parts: Parts, config: Config) ->
         .add_service(reflection)
         .add_service(RegistryServer::new(registry))
         .add_service(IdentityServer::new(identity))
+        .add_service(PolicyServer::new(PolicyService::new(policies.clone(), &drain)))
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stop_accepting);
     let grace = async {
         drain.started().await;
@@ -186,6 +215,10 @@ async fn serve<S: RegistryStore>(store: Arc<S>, parts: Parts, config: Config) ->
         }
     };
     store.close();
+    policies.close();
+    if let Some(t) = policy_dir {
+        t.abort();
+    }
     let _ = admin_stop_tx.send(());
     let _ = admin_task.await;
     tracing::info!("stopped");
