@@ -1,7 +1,7 @@
 //! The sidecar's admin port: `/health` (alive), `/ready` (has a workload
 //! certificate and a discovery connection, not draining), `/metrics`,
 //! `/admin/endpoints` (every upstream's endpoints with load and health) and
-//! `/admin/config`.
+//! `/admin/config` (settings, identity and the policy version in force).
 
 use std::sync::Arc;
 
@@ -29,6 +29,8 @@ pub struct Admin {
     pub creds: CredentialsRx,
     /// Draining makes `/ready` fail.
     pub draining: tokio::sync::watch::Receiver<bool>,
+    /// The policy in force.
+    pub policy: Arc<crate::sidecar::policy::Policy>,
 }
 
 impl Admin {
@@ -41,6 +43,9 @@ impl Admin {
         }
         if !self.discovery.connected() {
             return Err("no discovery connection to control".into());
+        }
+        if !self.policy.synced() {
+            return Err("no policy from control yet".into());
         }
         Ok(())
     }
@@ -110,6 +115,7 @@ impl Admin {
                     "max_in_flight": c.max_in_flight, "trust_domain": c.trust_domain, "worker_threads": c.worker_threads,
                     "upstreams": c.upstreams.iter().map(|(s, a)| (s.clone(), a.to_string())).collect::<Vec<_>>(),
                     "identity": identity,
+                    "policy_version": self.policy.version(),
                 });
                 text(StatusCode::OK, format!("{body:#}\n"), "application/json")
             }

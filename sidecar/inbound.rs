@@ -1,5 +1,7 @@
 //! The inbound request path: peer sidecar → mTLS (client certificate
-//! required, chained to the trust bundle) → HTTP/2 → the app on 127.0.0.1.
+//! required, chained to the trust bundle) → HTTP/2 → policy (service
+//! authorization by the caller's SPIFFE ID, JWT, RBAC: `sidecar::policy`)
+//! → the app on 127.0.0.1. A refused request never reaches the app.
 //!
 //! The caller's SPIFFE ID is passed to the app in `x-redfire-peer-identity`
 //! (any copy the caller sent is replaced). Requests that entered the mesh as
@@ -30,6 +32,7 @@ use crate::sidecar::errors::ProxyError;
 use crate::sidecar::metrics::Metrics;
 use crate::sidecar::outbound::pool::{CONNECTION_WINDOW, STREAM_WINDOW};
 use crate::sidecar::outbound::proxy::{HTTP1_MARK, strip_hop_by_hop};
+use crate::sidecar::policy::Policy;
 use crate::sidecar::transport::tls::peer_spiffe_id;
 
 /// Header carrying the caller's SPIFFE ID to the app.
@@ -46,6 +49,7 @@ pub struct Inbound {
     app: Client<HttpConnector, Body>,
     tls: Arc<ArcSwapOption<ServerConfig>>,
     metrics: Arc<Metrics>,
+    policy: Arc<Policy>,
 }
 
 impl std::fmt::Debug for Inbound {
@@ -59,13 +63,15 @@ impl std::fmt::Debug for Inbound {
 
 impl Inbound {
     /// Forwards to the app at `app_addr`; TLS config from `tls` (empty while
-    /// the sidecar has no certificate: connections are then refused).
+    /// the sidecar has no certificate: connections are then refused);
+    /// every request passes `policy` first.
     pub fn new(
         service: String,
         app_addr: SocketAddr,
         app_protocol: AppProtocol,
         tls: Arc<ArcSwapOption<ServerConfig>>,
         metrics: Arc<Metrics>,
+        policy: Arc<Policy>,
     ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -78,7 +84,7 @@ impl Inbound {
             .http2_initial_connection_window_size(CONNECTION_WINDOW)
             .http2_initial_stream_window_size(STREAM_WINDOW)
             .build(connector);
-        Inbound { service, app_addr, app_protocol, app, tls, metrics }
+        Inbound { service, app_addr, app_protocol, app, tls, metrics, policy }
     }
 
     /// Accepts peer connections until the drain starts, then lets open
@@ -158,6 +164,14 @@ impl Inbound {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("application/grpc"));
+        let (mut parts, body) = req.into_parts();
+        let caller = peer.as_ref().and_then(|p| p.to_str().ok());
+        if let Err(e) = self.policy.enforce(&mut parts, caller).await {
+            let resp = e.respond(grpc);
+            self.metrics.observe("inbound", &self.service, &resp, started.elapsed());
+            return resp;
+        }
+        let req = Request::from_parts(parts, body);
         let resp = match self.to_app(req, peer) {
             Ok(app_req) => match self.app.request(app_req).await {
                 Ok(r) => r.map(|b| NonEmpty(b.map_err(Into::into).boxed_unsync()).boxed_unsync()),

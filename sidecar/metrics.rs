@@ -42,6 +42,15 @@ pub struct RetryLabels {
     pub result: &'static str,
 }
 
+/// Labels of policy refusals.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    /// Own service.
+    pub service: String,
+    /// Why (`expired`, `bad_signature`, ...) or where (`service`, `rbac`).
+    pub reason: &'static str,
+}
+
 /// Every metric of the sidecar.
 #[derive(Debug)]
 pub struct Metrics {
@@ -49,6 +58,10 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     latency: Family<DirectionLabels, Histogram>,
     retries: Family<RetryLabels, Counter>,
+    auth_failures: Family<PolicyLabels, Counter>,
+    authz_denials: Family<PolicyLabels, Counter>,
+    /// Version of the policy in force (0: none).
+    pub policy_version: Gauge,
     /// Seconds until the workload certificate expires (negative: expired).
     pub cert_expiry_seconds: Gauge,
 }
@@ -70,7 +83,26 @@ impl Default for Metrics {
             "seconds until the workload certificate expires",
             cert_expiry_seconds.clone(),
         );
-        Metrics { registry, requests, latency, retries, cert_expiry_seconds }
+        let auth_failures = Family::<PolicyLabels, Counter>::default();
+        let authz_denials = Family::<PolicyLabels, Counter>::default();
+        let policy_version = Gauge::default();
+        registry.register(
+            "auth_failures",
+            "requests refused 401 by end-user authentication, by reason",
+            auth_failures.clone(),
+        );
+        registry.register("authz_denials", "requests refused 403, by stage (service, rbac)", authz_denials.clone());
+        registry.register("policy_version", "version of the policy in force (0: none)", policy_version.clone());
+        Metrics {
+            registry,
+            requests,
+            latency,
+            retries,
+            auth_failures,
+            authz_denials,
+            policy_version,
+            cert_expiry_seconds,
+        }
     }
 }
 
@@ -94,6 +126,16 @@ impl Metrics {
     /// Records a retry (`retried`) or one the budget refused (`budget_exhausted`).
     pub fn retry(&self, service: &str, result: &'static str) {
         self.retries.get_or_create(&RetryLabels { service: service.to_string(), result }).inc();
+    }
+
+    /// Records a request refused by authentication.
+    pub fn auth_failure(&self, service: &str, reason: &'static str) {
+        self.auth_failures.get_or_create(&PolicyLabels { service: service.to_string(), reason }).inc();
+    }
+
+    /// Records a request refused by service authorization or RBAC.
+    pub fn authz_denial(&self, service: &str, reason: &'static str) {
+        self.authz_denials.get_or_create(&PolicyLabels { service: service.to_string(), reason }).inc();
     }
 
     /// Prometheus text.

@@ -29,6 +29,7 @@ use crate::sidecar::metrics::Metrics;
 use crate::sidecar::outbound::balance::BalanceConfig;
 use crate::sidecar::outbound::pool::{CONNECTION_WINDOW, Pool, STREAM_WINDOW};
 use crate::sidecar::outbound::proxy::Outbound;
+use crate::sidecar::policy::Policy;
 use crate::sidecar::registration;
 use crate::sidecar::transport::tls::server_config;
 
@@ -96,6 +97,9 @@ impl Sidecar {
             Discovery::spawn(&config.control_addr, balance, config.max_in_flight, config.trust_domain.clone())
                 .map_err(SidecarError::Start)?;
 
+        let (policy, policy_task) =
+            Policy::spawn(&config.control_addr, &config.service, metrics.clone()).map_err(SidecarError::Start)?;
+
         // The inbound TLS config follows the credentials (rotation: new
         // connections get the new certificate; none while there is none).
         let tls = Arc::new(ArcSwapOption::<rustls::ServerConfig>::empty());
@@ -123,14 +127,21 @@ impl Sidecar {
         let registration = tokio::spawn(registration::run(registry, instance, drain.subscribe(), finished_rx));
 
         let outbound = Arc::new(Outbound::new(discovery.clone(), Pool::new(creds.clone()), metrics.clone()));
-        let inbound =
-            Arc::new(Inbound::new(config.service.clone(), config.app_addr, config.app_protocol, tls, metrics.clone()));
+        let inbound = Arc::new(Inbound::new(
+            config.service.clone(),
+            config.app_addr,
+            config.app_protocol,
+            tls,
+            metrics.clone(),
+            policy.clone(),
+        ));
         let admin = Arc::new(Admin {
             config: config.clone(),
             metrics,
             discovery,
             creds: creds.clone(),
             draining: drain.subscribe(),
+            policy,
         });
 
         let mut servers = JoinSet::new();
@@ -152,7 +163,7 @@ impl Sidecar {
                 let _ = tokio::time::timeout(grace, async { while servers.join_next().await.is_some() {} }).await;
                 finished_tx.send_replace(true);
                 let _ = tokio::time::timeout(Duration::from_secs(2), registration).await;
-                for t in [identity_task, discovery_task, tls_task] {
+                for t in [identity_task, discovery_task, tls_task, policy_task] {
                     t.abort();
                 }
                 admin_stop.start();

@@ -210,7 +210,11 @@ fn default_leeway() -> Dur {
 }
 
 fn default_sources() -> Vec<TokenSource> {
-    vec![TokenSource { header: Some(HeaderNameS("authorization".into())), prefix: Some("Bearer ".into()), ..Default::default() }]
+    vec![TokenSource {
+        header: Some(HeaderNameS("authorization".into())),
+        prefix: Some("Bearer ".into()),
+        ..Default::default()
+    }]
 }
 
 fn default_claim_headers() -> BTreeMap<String, HeaderNameS> {
@@ -288,7 +292,7 @@ impl TryFrom<RawTokenSource> for TokenSource {
 pub struct Issuer {
     /// The `iss` value tokens must carry.
     pub issuer: String,
-    /// Accepted `aud` values; empty: tokens must carry no `aud`... any is refused.
+    /// Accepted `aud` values (at least one; tokens must carry one of them).
     pub audiences: Vec<String>,
     /// Allowed algorithms (`none` does not exist here).
     pub algorithms: Vec<Algorithm>,
@@ -340,9 +344,9 @@ impl TryFrom<RawIssuer> for Issuer {
             return Err(format!("issuer {:?}: give keys, jwks_url or oidc_discovery", r.issuer));
         }
         for url in r.jwks_url.iter().chain(&r.oidc_discovery) {
-            let ok = url.parse::<http::Uri>().is_ok_and(|u| {
-                matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
-            });
+            let ok = url
+                .parse::<http::Uri>()
+                .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
             if !ok {
                 return Err(format!("issuer {:?}: {url:?} is not an http(s) URL", r.issuer));
             }
@@ -556,7 +560,11 @@ impl TryFrom<RawRbacRedis> for RbacRedis {
 
 /// A policy that could not be loaded: where and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{origin}:{}{}: {message}", line.map(|l| format!(" line {l}:")).unwrap_or_default(), field.as_deref().map(|f| format!(" {f}")).unwrap_or_default())]
+#[error(
+    "{origin}:{}{} {message}",
+    line.map(|l| format!(" line {l}:")).unwrap_or_default(),
+    field.as_deref().map(|f| format!(" {f}:")).unwrap_or_default()
+)]
 pub struct PolicyError {
     /// File path or `api`.
     pub origin: String,
@@ -609,7 +617,8 @@ pub fn parse_toml(text: &str, origin: &str, service: &str) -> Result<PolicyDoc, 
     }
     if let Some(rbac) = &doc.rbac {
         for (i, rule) in rbac.rules.iter().enumerate() {
-            let known = rule.permission == "*" || rbac.roles.values().flatten().any(|p| p == "*" || *p == rule.permission);
+            let known =
+                rule.permission == "*" || rbac.roles.values().flatten().any(|p| p == "*" || *p == rule.permission);
             if !known {
                 return Err(fail(
                     "rbac.rules.permission",
@@ -627,9 +636,12 @@ fn field_at(text: &str, at: usize) -> Option<String> {
     let line_start = text[..at].rfind('\n').map(|i| i + 1).unwrap_or(0);
     let line = text[line_start..].lines().next().unwrap_or("").trim();
     let key = if line.starts_with('[') { None } else { line.split('=').next().map(|k| k.trim().to_string()) };
-    let table = text[..line_start].lines().rev().map(str::trim).find(|l| l.starts_with('[')).map(|l| {
-        l.trim_matches(|c| c == '[' || c == ']').trim().to_string()
-    });
+    let table = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
     match (table, key.filter(|k| !k.is_empty())) {
         (Some(t), Some(k)) => Some(format!("{t}.{k}")),
         (Some(t), None) => Some(t),
@@ -641,11 +653,12 @@ fn field_at(text: &str, at: usize) -> Option<String> {
 fn line_of_key(text: &str, field: &str) -> Option<usize> {
     let last = field.rsplit('.').next().unwrap_or(field);
     let table = field.replace(".rules.permission", ".rules");
-    text.lines().position(|l| {
-        let l = l.trim();
-        l.trim_matches(|c| c == '[' || c == ']') == table || l.split('=').next().is_some_and(|k| k.trim() == last)
-    })
-    .map(|i| i + 1)
+    text.lines()
+        .position(|l| {
+            let l = l.trim();
+            l.trim_matches(|c| c == '[' || c == ']') == table || l.split('=').next().is_some_and(|k| k.trim() == last)
+        })
+        .map(|i| i + 1)
 }
 
 #[cfg(test)]
@@ -707,7 +720,9 @@ window = "60s"
 
     #[test]
     fn errors_name_the_file_line_and_field() {
-        let e = bad("[jwt]\nleeway = \"10s\"\n[[jwt.issuers]]\nissuer = \"i\"\naudiences = [\"a\"]\nalgorithms = [\"none\"]\nkeys = [{ secret = \"0123456789abcdef0123456789abcdef\" }]\n");
+        let e = bad(
+            "[jwt]\nleeway = \"10s\"\n[[jwt.issuers]]\nissuer = \"i\"\naudiences = [\"a\"]\nalgorithms = [\"none\"]\nkeys = [{ secret = \"0123456789abcdef0123456789abcdef\" }]\n",
+        );
         assert_eq!(e.line, Some(6), "{e}");
         assert_eq!(e.field.as_deref(), Some("jwt.issuers.algorithms"), "{e}");
         assert!(e.to_string().starts_with("orders.toml: line 6: jwt.issuers.algorithms:"), "{e}");
@@ -733,7 +748,8 @@ window = "60s"
     #[test]
     fn issuer_checks() {
         let issuer = |body: &str| format!("[[jwt.issuers]]\nissuer = \"i\"\naudiences = [\"a\"]\n{body}\n");
-        let hs_without_secret = bad(&issuer(&format!("algorithms = [\"HS256\"]\nkeys = [{{ pem = \"\"\"{RSA_PUB}\"\"\" }}]")));
+        let hs_without_secret =
+            bad(&issuer(&format!("algorithms = [\"HS256\", \"RS256\"]\nkeys = [{{ pem = \"\"\"{RSA_PUB}\"\"\" }}]")));
         assert!(hs_without_secret.message.contains("no secret"), "{hs_without_secret}");
         let short = bad(&issuer("algorithms = [\"HS256\"]\nkeys = [{ secret = \"short\" }]"));
         assert!(short.message.contains("32 bytes"), "{short}");
@@ -741,7 +757,8 @@ window = "60s"
         assert!(not_pem.message.contains("pem"), "{not_pem}");
         let no_keys = bad(&issuer("algorithms = [\"RS256\"]"));
         assert!(no_keys.message.contains("jwks_url"), "{no_keys}");
-        let rsa_key_for_ec = bad(&issuer(&format!("algorithms = [\"ES256\"]\nkeys = [{{ pem = \"\"\"{RSA_PUB}\"\"\" }}]")));
+        let rsa_key_for_ec =
+            bad(&issuer(&format!("algorithms = [\"ES256\"]\nkeys = [{{ pem = \"\"\"{RSA_PUB}\"\"\" }}]")));
         assert!(rsa_key_for_ec.message.contains("no allowed algorithm"), "{rsa_key_for_ec}");
         let jku = bad(&issuer("algorithms = [\"RS256\"]\njwks_url = \"file:///etc/passwd\""));
         assert!(jku.message.contains("http(s)"), "{jku}");

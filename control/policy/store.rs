@@ -111,7 +111,12 @@ impl PolicyStore {
     }
 
     /// Makes `document_json` the policy of `service` (validated by the caller).
-    pub async fn set(&self, service: &str, document_json: &str, source: &str) -> Result<Arc<Snapshot>, StoreUnavailable> {
+    pub async fn set(
+        &self,
+        service: &str,
+        document_json: &str,
+        source: &str,
+    ) -> Result<Arc<Snapshot>, StoreUnavailable> {
         match &self.backend {
             Backend::Memory(counter) => {
                 let mut snap = None;
