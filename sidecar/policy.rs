@@ -11,7 +11,8 @@
 //! 1. the path is normalised (`path`), 400 if it cannot be;
 //! 2. service authorization by the caller's SPIFFE ID (`authz`), 403;
 //! 3. unless the path/method is public: JWT (`jwt`), 401 + `WWW-Authenticate`;
-//! 4. RBAC on the verified roles (`rbac`), 403.
+//! 4. RBAC on the verified roles, plus roles kept in Redis when configured
+//!    (`rbac`, `roles`), 403.
 //!
 //! Claim headers are always stripped from the request first, so a client
 //! can never forge them; the verified ones are then added.
@@ -22,6 +23,7 @@ pub mod jwks;
 pub mod jwt;
 pub mod path;
 pub mod rbac;
+pub mod roles;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +43,7 @@ use authz::Authz;
 use jwks::JwksRegistry;
 use jwt::JwtAuth;
 use rbac::Rbac;
+use roles::RoleLookup;
 
 /// How long a request waits for the first policy before failing closed.
 pub const FIRST_SYNC_WAIT: Duration = Duration::from_secs(3);
@@ -116,6 +119,7 @@ pub struct Compiled {
     authz: Option<Authz>,
     jwt: Option<JwtAuth>,
     rbac: Option<Rbac>,
+    roles: Option<RoleLookup>,
     /// Rate-limit rules as given (hook for `crate::sidecar::ratelimit`).
     pub rate_limits: Vec<toml::Table>,
 }
@@ -123,7 +127,7 @@ pub struct Compiled {
 impl Compiled {
     /// No policy: everything passes unchanged.
     pub fn none() -> Compiled {
-        Compiled { version: 0, authz: None, jwt: None, rbac: None, rate_limits: Vec::new() }
+        Compiled { version: 0, authz: None, jwt: None, rbac: None, roles: None, rate_limits: Vec::new() }
     }
 
     /// Compiles a document; JWKS caches come from `registry`.
@@ -133,6 +137,7 @@ impl Compiled {
             authz: doc.authz.clone().map(Authz::new),
             jwt: doc.jwt.as_ref().map(|j| JwtAuth::new(j, registry)).transpose()?,
             rbac: doc.rbac.as_ref().map(Rbac::new),
+            roles: doc.rbac.as_ref().and_then(|r| r.redis.as_ref()).map(RoleLookup::new).transpose()?,
             rate_limits: doc.rate_limits.clone(),
         })
     }
@@ -171,7 +176,12 @@ impl Compiled {
         let token = jwt.token(&parts.headers, parts.uri.query()).map_err(unauth)?;
         let claims = jwt.verify(&token).await.map_err(unauth)?;
         if let Some(rbac) = &self.rbac {
-            let roles = jwt::roles(&claims, &rbac.roles_claim);
+            let mut roles = jwt::roles(&claims, &rbac.roles_claim);
+            let stored = match (&self.roles, claims.get("sub").and_then(|s| s.as_str())) {
+                (Some(lookup), Some(sub)) => lookup.roles(sub).await,
+                _ => Arc::default(),
+            };
+            roles.extend(stored.iter().map(String::as_str));
             rbac.check(method, &path, roles.iter().copied())
                 .map_err(|reason| Rejection::Forbidden { stage: "rbac", reason })?;
         }

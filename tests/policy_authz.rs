@@ -142,3 +142,40 @@ permission = "orders.read"
     m.server_side.shutdown();
     m.control.shutdown();
 }
+
+#[tokio::test]
+async fn roles_kept_in_redis_grant_permissions_the_token_does_not_carry() {
+    let Some(url) = support::shared_redis() else { return };
+    let prefix = support::unique_prefix("roles");
+    let (app, _) = recording_app().await;
+    let m = mesh(app, "h2c", None).await;
+    let policy = format!(
+        r#"
+[[jwt.issuers]]
+issuer = "{ISSUER}"
+audiences = ["{AUDIENCE}"]
+algorithms = ["HS256"]
+keys = [{{ secret = "{SECRET}" }}]
+[rbac]
+roles = {{ admin = ["admin"] }}
+redis = {{ url = "{url}", key = "{prefix}:roles:{{sub}}", cache_ttl = "30s" }}
+[[rbac.rules]]
+path = "/admin/*"
+permission = "admin"
+"#
+    );
+    let mut conn = redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let _: () =
+        redis::cmd("SADD").arg(format!("{prefix}:roles:carol")).arg("admin").query_async(&mut conn).await.unwrap();
+    let v = set_policy(m.control.grpc_addr, "echo", &policy).await;
+    wait_version(m.server_side.admin_addr, v).await;
+    let mut c = h2c_client(m.client_side.upstream_addrs[0].1).await;
+    let carol = bearer(&hs256(&claims("carol", &[]), SECRET.as_bytes()));
+    let dave = bearer(&hs256(&claims("dave", &[]), SECRET.as_bytes()));
+    assert_eq!(call(&mut c, "GET", "/admin/x", &[("authorization", &carol)]).await.status, 200);
+    assert_eq!(call(&mut c, "GET", "/admin/x", &[("authorization", &dave)]).await.status, 403);
+    let _: () = redis::cmd("DEL").arg(format!("{prefix}:roles:carol")).query_async(&mut conn).await.unwrap();
+    m.client_side.shutdown();
+    m.server_side.shutdown();
+    m.control.shutdown();
+}

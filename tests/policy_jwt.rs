@@ -189,3 +189,30 @@ jwks_url = "{}"
     m.server_side.shutdown();
     m.control.shutdown();
 }
+
+#[tokio::test]
+async fn keys_found_through_oidc_discovery_verify_tokens() {
+    let idp = JwksServer::start(json!({ "keys": [rsa_jwk("k1")] })).await;
+    let (app, _) = recording_app().await;
+    let m = mesh(app, "h2c", None).await;
+    let policy = format!(
+        "[[jwt.issuers]]\nissuer = \"{ISSUER}\"\naudiences = [\"{AUDIENCE}\"]\nalgorithms = [\"RS256\"]\noidc_discovery = \"{}\"\n",
+        idp.issuer_url
+    );
+    let v = set_policy(m.control.grpc_addr, "echo", &policy).await;
+    wait_version(m.server_side.admin_addr, v).await;
+    let mut c = h2c_client(m.client_side.upstream_addrs[0].1).await;
+    let good = bearer(&rs256(&claims("alice", &[]), Some("k1"), RSA_PRIVATE));
+    let ok = support::eventually(Duration::from_secs(5), || {
+        let (mut c, good) = (c.clone(), good.clone());
+        async move { call(&mut c, "GET", "/x", &[("authorization", &good)]).await.status == 200 }
+    })
+    .await;
+    assert!(ok, "discovery document → JWKS → key k1");
+    assert!(idp.hits.load(Ordering::SeqCst) >= 2, "discovery and JWKS fetched");
+    let forged = bearer(&rs256(&claims("alice", &[]), Some("k1"), RSA2_PRIVATE));
+    assert_eq!(call(&mut c, "GET", "/x", &[("authorization", &forged)]).await.status, 401);
+    m.client_side.shutdown();
+    m.server_side.shutdown();
+    m.control.shutdown();
+}

@@ -183,3 +183,66 @@ impl JwksRegistry {
         j
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use jsonwebtoken::{Algorithm, EncodingKey};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A JWKS endpoint answering 200 with one key, or 503 while `down`.
+    async fn endpoint(down: Arc<AtomicBool>) -> String {
+        let key = EncodingKey::from_rsa_pem(include_bytes!("../../tests/fixtures/jwt/rsa_private.pem")).unwrap();
+        let mut jwk =
+            serde_json::to_value(jsonwebtoken::jwk::Jwk::from_encoding_key(&key, Algorithm::RS256).unwrap()).unwrap();
+        jwk["kid"] = "k1".into();
+        let body = serde_json::json!({ "keys": [jwk] }).to_string();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let resp = if down.load(Ordering::SeqCst) {
+                    "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_string()
+                } else {
+                    format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len())
+                };
+                let _ = s.write_all(resp.as_bytes()).await;
+            }
+        });
+        format!("http://{addr}/jwks.json")
+    }
+
+    #[tokio::test]
+    async fn keys_survive_a_failed_fetch_and_unknown_kid_refetches_wait_30_s() {
+        let down = Arc::new(AtomicBool::new(false));
+        let jwks = Jwks::new(Source::Url(endpoint(down.clone()).await));
+        assert!(jwks.refetch(REFETCH_EVERY).await, "first fetch");
+        assert_eq!(jwks.keys().len(), 1);
+        assert_eq!(jwks.keys()[0].kid.as_deref(), Some("k1"));
+        let generation = jwks.generation();
+
+        assert!(!jwks.refetch(REFETCH_EVERY).await, "no second fetch within 30 s");
+        assert_eq!(jwks.fetches(), 1);
+
+        down.store(true, Ordering::SeqCst);
+        assert!(jwks.refetch(Duration::ZERO).await, "a scheduled refresh while the endpoint is down");
+        assert_eq!(jwks.fetches(), 2);
+        assert_eq!(jwks.keys().len(), 1, "cached keys kept while the JWKS endpoint is down");
+        assert_eq!(jwks.generation(), generation, "unchanged key set, unchanged generation");
+    }
+
+    #[test]
+    fn unsupported_or_malformed_keys_are_skipped() {
+        let keys = parse(
+            br#"{"keys":[{"kty":"RSA","kid":"bad","n":"!!","e":"AQAB"},{"kty":"oct","kid":"h","k":"c2VjcmV0"}]}"#,
+        )
+        .unwrap();
+        assert!(keys.iter().all(|k| k.kid.as_deref() != Some("bad")));
+        assert!(parse(b"not json").is_err());
+    }
+}

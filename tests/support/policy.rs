@@ -139,10 +139,13 @@ pub fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
 
-/// An HTTP/1.1 server on 127.0.0.1 serving `body` as a JWKS document,
-/// counting requests; `down` makes it answer 503.
+/// An HTTP/1.1 server on 127.0.0.1 serving `body` as a JWKS document
+/// (and an OIDC discovery document naming it at
+/// `/.well-known/openid-configuration`), counting requests; `down` makes it
+/// answer 503.
 pub struct JwksServer {
     pub url: String,
+    pub issuer_url: String,
     pub hits: Arc<AtomicUsize>,
     pub down: Arc<AtomicBool>,
 }
@@ -155,14 +158,20 @@ impl JwksServer {
         let down = Arc::new(AtomicBool::new(false));
         let (h, d) = (hits.clone(), down.clone());
         let body = Bytes::from(body.to_string());
+        let discovery = Bytes::from(json!({ "jwks_uri": format!("http://{addr}/jwks.json") }).to_string());
         tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else { return };
-                let (h, d, body) = (h.clone(), d.clone(), body.clone());
+                let (h, d, body, discovery) = (h.clone(), d.clone(), body.clone(), discovery.clone());
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
+                    let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                         h.fetch_add(1, Ordering::SeqCst);
-                        let mut r = http::Response::new(Full::new(body.clone()));
+                        let doc = if req.uri().path() == "/.well-known/openid-configuration" {
+                            discovery.clone()
+                        } else {
+                            body.clone()
+                        };
+                        let mut r = http::Response::new(Full::new(doc));
                         if d.load(Ordering::SeqCst) {
                             *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
                         }
@@ -173,6 +182,6 @@ impl JwksServer {
                 });
             }
         });
-        JwksServer { url: format!("http://{addr}/jwks.json"), hits, down }
+        JwksServer { url: format!("http://{addr}/jwks.json"), issuer_url: format!("http://{addr}"), hits, down }
     }
 }
