@@ -18,12 +18,15 @@ pub const LOOKUP_TIMEOUT: Duration = Duration::from_millis(200);
 /// Users remembered (the cache is cleared when full).
 const CACHE_CAP: usize = 100_000;
 
+/// One user's roles and when they were read.
+type Cached = (Instant, Arc<Vec<String>>);
+
 /// See the module docs.
 pub struct RoleLookup {
     conn: ConnectionManager,
     key: String,
     ttl: Duration,
-    cache: Mutex<HashMap<String, (Instant, Arc<Vec<String>>)>>,
+    cache: Mutex<HashMap<String, Cached>>,
 }
 
 impl std::fmt::Debug for RoleLookup {
