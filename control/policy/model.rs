@@ -746,6 +746,12 @@ window = "60s"
     }
 
     #[test]
+    fn the_sample_in_deploy_is_valid() {
+        let doc = ok(include_str!("../../deploy/policies/orders.toml"));
+        assert_eq!(doc.rbac.unwrap().rules.len(), 2);
+    }
+
+    #[test]
     fn issuer_checks() {
         let issuer = |body: &str| format!("[[jwt.issuers]]\nissuer = \"i\"\naudiences = [\"a\"]\n{body}\n");
         let hs_without_secret =
