@@ -165,7 +165,8 @@ impl Inbound {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("application/grpc"));
         let (mut parts, body) = req.into_parts();
-        let caller = peer.as_ref().and_then(|p| p.to_str().ok());
+        // No SPIFFE ID in the certificate: no identity (matches no rule).
+        let caller = peer.as_ref().and_then(|p| p.to_str().ok()).filter(|p| !p.is_empty());
         if let Err(e) = self.policy.enforce(&mut parts, caller).await {
             let resp = e.respond(grpc);
             self.metrics.observe("inbound", &self.service, &resp, started.elapsed());

@@ -58,7 +58,8 @@ pub struct Jwks {
     /// from an older generation are not trusted).
     generation: AtomicU64,
     last_attempt: Mutex<Option<Instant>>,
-    fetch_lock: tokio::sync::Mutex<()>,
+    /// The last document fetched; the generation moves when it changes.
+    fetch_lock: tokio::sync::Mutex<bytes::Bytes>,
     fetches: AtomicU64,
 }
 
@@ -69,7 +70,7 @@ impl Jwks {
             keys: ArcSwap::from_pointee(Vec::new()),
             generation: AtomicU64::new(0),
             last_attempt: Mutex::new(None),
-            fetch_lock: tokio::sync::Mutex::new(()),
+            fetch_lock: tokio::sync::Mutex::new(bytes::Bytes::new()),
             fetches: AtomicU64::new(0),
         }
     }
@@ -92,7 +93,7 @@ impl Jwks {
     /// Fetches now unless a fetch was attempted less than `min_gap` ago
     /// (including one in progress); returns whether it fetched.
     pub async fn refetch(&self, min_gap: Duration) -> bool {
-        let _guard = self.fetch_lock.lock().await;
+        let mut last_body = self.fetch_lock.lock().await;
         {
             let mut last = self.last_attempt.lock().unwrap_or_else(|e| e.into_inner());
             if last.is_some_and(|t| t.elapsed() < min_gap) {
@@ -101,15 +102,14 @@ impl Jwks {
             *last = Some(Instant::now());
         }
         self.fetches.fetch_add(1, Ordering::Relaxed);
-        match self.fetch().await {
-            Ok(keys) => {
-                let changed = {
-                    let old = self.keys.load();
-                    old.len() != keys.len() || old.iter().zip(&keys).any(|(a, b)| a.kid != b.kid)
-                };
-                self.keys.store(Arc::new(keys));
-                if changed {
+        match self.fetch().await.and_then(|body| Ok((parse(&body)?, body))) {
+            Ok((keys, body)) => {
+                // Any change (a key removed, or replaced under the same kid)
+                // retires tokens cached under the old set.
+                if body != *last_body {
+                    self.keys.store(Arc::new(keys));
                     self.generation.fetch_add(1, Ordering::AcqRel);
+                    *last_body = body;
                 }
             }
             Err(e) => tracing::warn!(source = ?self.source, error = %e, "JWKS fetch failed; keeping the cached keys"),
@@ -117,7 +117,7 @@ impl Jwks {
         true
     }
 
-    async fn fetch(&self) -> Result<Vec<Key>, String> {
+    async fn fetch(&self) -> Result<bytes::Bytes, String> {
         let url = match &self.source {
             Source::Url(u) => u.clone(),
             Source::Oidc(issuer) => {
@@ -131,8 +131,7 @@ impl Jwks {
                 uri.to_string()
             }
         };
-        let body = fetch::get(&url).await?;
-        parse(&body)
+        fetch::get(&url).await
     }
 }
 

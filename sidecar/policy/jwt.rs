@@ -66,8 +66,8 @@ pub struct JwtAuth {
     public_paths: Vec<String>,
     public_methods: Vec<String>,
     leeway: u64,
-    /// token → (key-set generation, exp, claims).
-    cache: Mutex<HashMap<Box<str>, (u64, u64, Claims)>>,
+    /// token → (issuer index, key-set generation, exp, claims).
+    cache: Mutex<HashMap<Box<str>, (usize, u64, u64, Claims)>>,
 }
 
 impl std::fmt::Debug for JwtAuth {
@@ -191,6 +191,14 @@ impl JwtAuth {
         if token.len() > MAX_TOKEN {
             return Err(fail("malformed_token", format!("token over {MAX_TOKEN} bytes")));
         }
+        // The same bytes passed every check below before; only time and the
+        // issuer's key set can have changed since.
+        if let Some((i, g, exp, claims)) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(token)
+            && self.issuers[*i].jwks.as_ref().map(|j| j.generation()).unwrap_or(0) == *g
+            && *exp + self.leeway >= now()
+        {
+            return Ok(claims.clone());
+        }
         let header = jsonwebtoken::decode_header(token).map_err(|_| fail("malformed_token", "malformed token"))?;
         if header.jku.is_some() || header.x5u.is_some() || header.jwk.is_some() || header.x5c.is_some() {
             return Err(fail("key_location_refused", "token names its own key (jku/x5u/jwk/x5c); refused"));
@@ -202,19 +210,17 @@ impl JwtAuth {
         let peek: Peek = jsonwebtoken::dangerous::insecure_decode_claims(token)
             .map_err(|_| fail("malformed_token", "malformed claims"))?;
         let iss = peek.iss.as_ref().and_then(Value::as_str).ok_or_else(|| fail("wrong_issuer", "missing iss"))?;
-        let issuer =
-            self.issuers.iter().find(|i| i.issuer == iss).ok_or_else(|| fail("wrong_issuer", "untrusted issuer"))?;
+        let (index, issuer) = self
+            .issuers
+            .iter()
+            .enumerate()
+            .find(|(_, i)| i.issuer == iss)
+            .ok_or_else(|| fail("wrong_issuer", "untrusted issuer"))?;
         let alg = header.alg;
         if !issuer.algorithms.contains(&alg) {
             return Err(fail("algorithm_refused", format!("algorithm {alg:?} not allowed")));
         }
         let generation = issuer.jwks.as_ref().map(|j| j.generation()).unwrap_or(0);
-        if let Some((g, exp, claims)) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(token)
-            && *g == generation
-            && *exp + self.leeway >= now()
-        {
-            return Ok(claims.clone());
-        }
         let mut keys = candidates(issuer, kid, alg);
         if keys.is_empty()
             && let Some(jwks) = &issuer.jwks
@@ -239,7 +245,7 @@ impl JwtAuth {
                     if cache.len() >= CACHE_CAP {
                         cache.clear();
                     }
-                    cache.insert(token.into(), (generation, exp, claims.clone()));
+                    cache.insert(token.into(), (index, generation, exp, claims.clone()));
                     return Ok(claims);
                 }
                 Err(e) => {
@@ -331,5 +337,91 @@ pub fn roles<'a>(claims: &'a Map<String, Value>, claim: &str) -> Vec<&'a str> {
         Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
         Some(Value::String(s)) => s.split([' ', ',']).filter(|r| !r.is_empty()).collect(),
         _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::control::policy::model::parse_toml;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn auth(extra: &str) -> JwtAuth {
+        let toml = format!(
+            "[jwt]\n{extra}\n[[jwt.issuers]]\nissuer = \"i\"\naudiences = [\"a\"]\nalgorithms = [\"HS256\"]\nkeys = [{{ secret = \"{SECRET}\" }}]\n"
+        );
+        let doc = parse_toml(&toml, "t", "orders").unwrap();
+        JwtAuth::new(doc.jwt.as_ref().unwrap(), &JwksRegistry::default()).unwrap()
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs.iter().map(|(k, v)| (HeaderName::from_static(k), HeaderValue::from_static(v))).collect()
+    }
+
+    #[test]
+    fn token_sources_in_order() {
+        let a = auth(
+            r#"sources = [{ header = "authorization", prefix = "Bearer " }, { cookie = "session" }, { query = "access_token" }]"#,
+        );
+        assert_eq!(a.token(&headers(&[("authorization", "bearer abc")]), None).unwrap(), "abc");
+        let e = a.token(&headers(&[("authorization", "Basic abc")]), None).unwrap_err();
+        assert_eq!(e.code, "malformed_token");
+        assert_eq!(a.token(&headers(&[("cookie", "theme=dark; session=s1")]), None).unwrap(), "s1");
+        assert_eq!(a.token(&HeaderMap::new(), Some("x=1&access_token=q%2E1")).unwrap(), "q.1");
+        assert_eq!(a.token(&HeaderMap::new(), Some("x=1")).unwrap_err().code, "missing_token");
+    }
+
+    #[test]
+    fn claims_map_to_headers_by_type() {
+        let a = auth(
+            r#"claim_headers = { sub = "x-user-id", roles = "x-user-roles", tier = "x-tier", obj = "x-obj", bad = "x-bad" }"#,
+        );
+        let claims = json!({ "sub": "alice", "roles": ["trader", "viewer", 7], "tier": 3, "obj": { "a": 1 }, "bad": "line\nbreak" });
+        let got: Vec<(String, String)> = a
+            .headers(claims.as_object().unwrap())
+            .into_iter()
+            .map(|(h, v)| (h.to_string(), v.to_str().unwrap().to_string()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("x-user-roles".to_string(), "trader,viewer,7".to_string()),
+                ("x-user-id".to_string(), "alice".to_string()),
+                ("x-tier".to_string(), "3".to_string()),
+            ],
+            "objects and values that cannot be a header are left out"
+        );
+    }
+
+    #[test]
+    fn roles_from_arrays_or_strings() {
+        let c = json!({ "a": ["x", "y"], "s": "x y,z", "n": 3 });
+        let c = c.as_object().unwrap();
+        assert_eq!(roles(c, "a"), vec!["x", "y"]);
+        assert_eq!(roles(c, "s"), vec!["x", "y", "z"]);
+        assert!(roles(c, "n").is_empty() && roles(c, "missing").is_empty());
+    }
+
+    #[tokio::test]
+    async fn verified_tokens_are_cached_but_never_past_exp() {
+        let a = auth("leeway = \"0s\"");
+        let now = jsonwebtoken::get_current_timestamp();
+        let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+        let mint = |exp: u64| {
+            let claims = json!({ "iss": "i", "aud": "a", "sub": "u", "exp": exp });
+            jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+        };
+        let t = mint(now + 60);
+        assert!(a.verify(&t).await.is_ok());
+        assert_eq!(a.cache.lock().unwrap().len(), 1);
+        assert!(a.verify(&t).await.is_ok(), "from the cache");
+        // An entry whose exp has passed is not served from the cache, even
+        // if one was planted there.
+        let expired = mint(now - 10);
+        a.cache.lock().unwrap().insert(expired.clone().into(), (0, 0, now - 10, Arc::default()));
+        assert_eq!(a.verify(&expired).await.unwrap_err().code, "expired", "re-verified, not served stale");
     }
 }
