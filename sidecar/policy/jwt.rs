@@ -42,6 +42,9 @@ fn fail(code: &'static str, reason: impl Into<String>) -> AuthError {
 /// Verified claims.
 pub type Claims = Arc<Map<String, Value>>;
 
+/// A cache entry: (issuer index, key-set generation, exp, claims).
+type Verified = (usize, u64, u64, Claims);
+
 struct StaticKey {
     kid: Option<String>,
     family: AlgorithmFamily,
@@ -66,8 +69,8 @@ pub struct JwtAuth {
     public_paths: Vec<String>,
     public_methods: Vec<String>,
     leeway: u64,
-    /// token → (issuer index, key-set generation, exp, claims).
-    cache: Mutex<HashMap<Box<str>, (usize, u64, u64, Claims)>>,
+    /// token → what verifying it found.
+    cache: Mutex<HashMap<Box<str>, Verified>>,
 }
 
 impl std::fmt::Debug for JwtAuth {
