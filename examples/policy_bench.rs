@@ -12,7 +12,10 @@
 //! 1. **off, HS256 token** — no policy; requests carry the HS256 token anyway;
 //! 2. **HS256 + RBAC** — JWT (HS256) and one RBAC rule on the gRPC method;
 //! 3. **off, RS256 token** — no policy; requests carry the RS256 token;
-//! 4. **RS256 + RBAC** — the same with an RS256 (2048-bit) key.
+//! 4. **RS256 + RBAC** — the same with an RS256 (2048-bit) key;
+//!
+//! then all four again (round 2), so the spread between rounds shows how
+//! much of a difference is the machine's noise.
 //!
 //! Each policy row is compared with the "off" row before it, which sends the
 //! same bytes: a token travels as a never-indexed `authorization` header
@@ -276,7 +279,9 @@ async fn main() -> anyhow::Result<()> {
         ("JWT RS256 + RBAC", Some(policy("RS256")), Some(rs)),
     ];
     let mut baseline = 0.0;
-    for (name, toml, auth) in scenarios {
+    // Two rounds: the spread between them shows the machine's noise.
+    for (round, (name, toml, auth)) in scenarios.iter().chain(scenarios.iter()).cloned().enumerate() {
+        let name = format!("{name} (round {})", round / scenarios.len() + 1);
         let version = match toml {
             Some(t) => api.set(pb::SetRequest { service: "echo".into(), toml: t }).await?.into_inner().version,
             None => {

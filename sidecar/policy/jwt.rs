@@ -427,4 +427,22 @@ mod tests {
         a.cache.lock().unwrap().insert(expired.clone().into(), (0, 0, now - 10, Arc::default()));
         assert_eq!(a.verify(&expired).await.unwrap_err().code, "expired", "re-verified, not served stale");
     }
+
+    proptest::proptest! {
+        #![proptest_config(crate::sidecar::proptest_config(256))]
+        /// Peer input: any token-shaped string is an error, never a panic.
+        #[test]
+        fn arbitrary_tokens_are_refused_without_panicking(
+            parts in proptest::collection::vec("[A-Za-z0-9_=+/-]{0,64}", 0..5),
+            json in "\\{\"(alg|kid|jku|iss|exp)\":(\"[a-zA-Z0-9]{0,8}\"|[0-9]{1,12}|null|\\[\\])\\}",
+        ) {
+            use base64::Engine;
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let a = auth("");
+            let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json.as_bytes());
+            for t in [parts.join("."), format!("{b64}.{b64}.{}", parts.join(""))] {
+                proptest::prop_assert!(rt.block_on(a.verify(&t)).is_err());
+            }
+        }
+    }
 }

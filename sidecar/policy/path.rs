@@ -163,6 +163,14 @@ mod tests {
 
     proptest! {
         #![proptest_config(crate::sidecar::proptest_config(512))]
+        /// Peer input: any string normalises or is refused, never panics.
+        #[test]
+        fn any_path_normalises_or_is_refused(raw in "\\PC{0,64}") {
+            if let Ok(n) = normalise(&raw) {
+                prop_assert!(n.starts_with('/'));
+            }
+        }
+
         #[test]
         fn normalising_is_idempotent_and_leaves_no_dot_segments(raw in "(/|%2[eEfF]|\\.|a|%41|/\\.\\.){0,16}") {
             if let Ok(n) = normalise(&raw) {
