@@ -206,3 +206,37 @@ async fn control_replicas_on_one_redis_share_policies_and_versions() {
     a.shutdown();
     b.shutdown();
 }
+
+#[tokio::test]
+async fn the_policy_stays_in_force_while_redis_and_then_control_are_down() {
+    if !support::have_redis_server() {
+        return;
+    }
+    let mut redis = support::RedisServer::start();
+    let (app, seen) = recording_app().await;
+    let m = mesh_with(app, "h2c", None, support::redis_settings(&redis.url(), "policy-outage")).await;
+    let intruder = extra_client(&m, "default", "intruder").await;
+    let policy =
+        "[authz]\ndefault = \"deny\"\n[[authz.rules]]\nfrom = [\"spiffe://redfire.local/ns/default/sa/client\"]\n";
+    let v = set_policy(m.control.grpc_addr, "echo", policy).await;
+    wait_version(m.server_side.admin_addr, v).await;
+    let mut allowed = h2c_client(m.client_side.upstream_addrs[0].1).await;
+    let mut denied = h2c_client(intruder.upstream_addrs[0].1).await;
+
+    redis.kill();
+    let mut c = policy_client(m.control.grpc_addr).await;
+    let got = c.get(pb::GetRequest { service: "echo".into() }).await.unwrap().into_inner();
+    assert_eq!(got.version, v, "control keeps serving the last policies while Redis is down");
+    let write = c.set(pb::SetRequest { service: "echo".into(), toml: "[authz]\ndefault = \"allow\"\n".into() }).await;
+    assert_eq!(write.unwrap_err().code(), tonic::Code::Unavailable);
+
+    m.control.shutdown();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(call(&mut allowed, "GET", "/x", &[]).await.status, 200);
+    assert_eq!(call(&mut denied, "GET", "/x", &[]).await.status, 403, "still denied with control gone");
+    assert_eq!(sidecar_policy_version(m.server_side.admin_addr).await, v);
+    assert_eq!(seen.requests.load(Ordering::SeqCst), 1);
+    intruder.shutdown();
+    m.client_side.shutdown();
+    m.server_side.shutdown();
+}

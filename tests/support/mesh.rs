@@ -136,11 +136,15 @@ pub struct Mesh {
     pub control: Control,
     pub client_side: Sidecar,
     pub server_side: Sidecar,
+    /// The control's settings (its CA signs the sidecars' bootstrap tokens).
+    pub control_settings: Settings,
 }
 
-/// A sidecar config for `service` in `namespace` against `control`.
+/// A sidecar config for `service` in `namespace` against `control`, whose
+/// CA is configured by `control_settings`.
 pub async fn sidecar_config(
     control: &Control,
+    control_settings: &Settings,
     namespace: &str,
     service: &str,
     upstreams: Option<String>,
@@ -148,7 +152,7 @@ pub async fn sidecar_config(
     app_protocol: &str,
     extra: SidecarSettings,
 ) -> SidecarConfig {
-    let ca = Ca::load(Config::from_settings(settings()).unwrap().ca).await.unwrap();
+    let ca = Ca::load(Config::from_settings(control_settings.clone()).unwrap().ca).await.unwrap();
     let tok = token::create(&ca, namespace, service, Duration::from_secs(600)).unwrap();
     SidecarConfig::from_settings(extra.or(SidecarSettings {
         control_addr: Some(format!("http://{}", control.grpc_addr)),
@@ -173,6 +177,7 @@ pub async fn sidecar_config(
 pub async fn extra_client(m: &Mesh, namespace: &str, service: &str) -> Sidecar {
     let config = sidecar_config(
         &m.control,
+        &m.control_settings,
         namespace,
         service,
         Some("echo=127.0.0.1:0".into()),
@@ -203,10 +208,10 @@ pub async fn mesh_with(
     client: Option<SidecarSettings>,
     control_settings: Settings,
 ) -> Mesh {
-    let control = control(control_settings).await;
-    let ctl = &control;
+    let control = control(control_settings.clone()).await;
+    let (ctl, cs) = (&control, &control_settings);
     let sidecar = |service: &'static str, upstreams: Option<String>, app_addr: String, extra: SidecarSettings| async move {
-        sidecar_config(ctl, "default", service, upstreams, app_addr, app_protocol, extra).await
+        sidecar_config(ctl, cs, "default", service, upstreams, app_addr, app_protocol, extra).await
     };
     let server_side =
         Sidecar::start(sidecar("echo", None, app.to_string(), SidecarSettings::default()).await).await.unwrap();
@@ -223,7 +228,7 @@ pub async fn mesh_with(
     })
     .await;
     assert!(ready, "both sidecars ready and the echo endpoint discovered");
-    Mesh { control, client_side, server_side }
+    Mesh { control, client_side, server_side, control_settings }
 }
 
 pub async fn h2c_client(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<BoxBody> {
