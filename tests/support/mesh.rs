@@ -145,8 +145,7 @@ pub struct Mesh {
 pub async fn sidecar_config(
     control: &Control,
     control_settings: &Settings,
-    namespace: &str,
-    service: &str,
+    (namespace, service): (&str, &str),
     upstreams: Option<String>,
     app_addr: String,
     app_protocol: &str,
@@ -178,8 +177,7 @@ pub async fn extra_client(m: &Mesh, namespace: &str, service: &str) -> Sidecar {
     let config = sidecar_config(
         &m.control,
         &m.control_settings,
-        namespace,
-        service,
+        (namespace, service),
         Some("echo=127.0.0.1:0".into()),
         "127.0.0.1:9".into(),
         "h2c",
@@ -211,7 +209,7 @@ pub async fn mesh_with(
     let control = control(control_settings.clone()).await;
     let (ctl, cs) = (&control, &control_settings);
     let sidecar = |service: &'static str, upstreams: Option<String>, app_addr: String, extra: SidecarSettings| async move {
-        sidecar_config(ctl, cs, "default", service, upstreams, app_addr, app_protocol, extra).await
+        sidecar_config(ctl, cs, ("default", service), upstreams, app_addr, app_protocol, extra).await
     };
     let server_side =
         Sidecar::start(sidecar("echo", None, app.to_string(), SidecarSettings::default()).await).await.unwrap();
