@@ -4,6 +4,11 @@
 //! when valid, stored (proxies get it through Watch); when invalid, the
 //! error is logged, counted and shown on `/admin/policy`, and the last good
 //! policy stays in force. A removed file removes that service's policy.
+//!
+//! A change is loaded once the file's modification time and size are the
+//! same on two polls in a row, so a file caught half-written by an editor is
+//! not loaded (writing a temporary file and renaming it is still best). An
+//! empty file is an error, never an empty (allow-all) policy.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,6 +27,8 @@ pub struct PolicyDir {
     dir: PathBuf,
     store: Arc<PolicyStore>,
     seen: BTreeMap<PathBuf, Stamp>,
+    /// Changed files seen once, waiting to be seen unchanged again.
+    pending: BTreeMap<PathBuf, Option<Stamp>>,
     errors: Arc<prometheus_client::metrics::counter::Counter>,
 }
 
@@ -42,7 +49,7 @@ impl PolicyDir {
         store: Arc<PolicyStore>,
         errors: Arc<prometheus_client::metrics::counter::Counter>,
     ) -> Result<PolicyDir, PolicyError> {
-        let mut d = PolicyDir { dir, store, seen: BTreeMap::new(), errors };
+        let mut d = PolicyDir { dir, store, seen: BTreeMap::new(), pending: BTreeMap::new(), errors };
         for (path, service) in d.list().map_err(|message| PolicyError {
             origin: d.dir.display().to_string(),
             line: None,
@@ -74,6 +81,14 @@ impl PolicyDir {
         })?;
         if let Some(st) = st {
             self.seen.insert(path.to_path_buf(), st);
+        }
+        if text.trim().is_empty() {
+            return Err(PolicyError {
+                origin,
+                line: None,
+                field: None,
+                message: "empty policy file (to remove a policy, remove its file)".into(),
+            });
         }
         let doc = parse_toml(&text, &origin, service)?;
         let json = serde_json::to_string(&doc).map_err(|e| PolicyError {
@@ -111,9 +126,15 @@ impl PolicyDir {
             }
         };
         for (path, service) in &files {
-            if self.seen.get(path).copied() == stamp(path) {
+            let now = stamp(path);
+            if self.seen.get(path).copied() == now {
+                self.pending.remove(path);
                 continue;
             }
+            if self.pending.insert(path.clone(), now) != Some(now) {
+                continue; // changed since the last poll: may still be being written
+            }
+            self.pending.remove(path);
             if let Err(e) = self.apply(path, service).await {
                 self.errors.inc();
                 tracing::error!(error = %e, "invalid policy rejected; the last good one stays in force");
@@ -121,6 +142,7 @@ impl PolicyDir {
             }
         }
         let gone: Vec<PathBuf> = self.seen.keys().filter(|p| !files.iter().any(|(f, _)| f == *p)).cloned().collect();
+        self.pending.retain(|p, _| files.iter().any(|(f, _)| f == p));
         for path in gone {
             self.seen.remove(&path);
             self.store.set_error(&path.display().to_string(), None);
@@ -131,5 +153,38 @@ impl PolicyDir {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_change_loads_once_settled_and_an_empty_file_is_an_error() {
+        let dir = std::env::temp_dir().join(format!("redfire-policy-files-{:08x}", fastrand::u32(..)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("orders.toml");
+        std::fs::write(&file, "[authz]\ndefault = \"deny\"\n").unwrap();
+        std::fs::write(dir.join("notes.txt"), "not a policy").unwrap();
+        let store = PolicyStore::memory();
+        let errors = Arc::new(prometheus_client::metrics::counter::Counter::default());
+        let mut d = PolicyDir::load(dir.clone(), store.clone(), errors.clone()).await.unwrap();
+        assert_eq!(store.get("orders").unwrap().version, 1);
+        assert_eq!(store.all().len(), 1, "only *.toml files");
+
+        std::fs::write(&file, "[authz]\ndefault = \"allow\"\n").unwrap();
+        d.poll().await;
+        assert_eq!(store.get("orders").unwrap().version, 1, "not yet: the file may still be being written");
+        d.poll().await;
+        assert_eq!(store.get("orders").unwrap().version, 2, "unchanged for a poll: loaded");
+
+        std::fs::write(&file, "").unwrap();
+        d.poll().await;
+        d.poll().await;
+        assert_eq!(store.get("orders").unwrap().version, 2, "the last good policy stays");
+        assert!(store.errors().values().any(|e| e.contains("empty policy file")), "{:?}", store.errors());
+        assert_eq!(errors.get(), 1);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }
