@@ -195,6 +195,9 @@ impl Compiled {
 pub struct Policy {
     service: String,
     current: ArcSwap<Compiled>,
+    /// The document in force, as received: a restarted in-memory control
+    /// counts versions from 1 again, so a version alone does not identify it.
+    document: std::sync::Mutex<String>,
     synced: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
 }
@@ -205,6 +208,7 @@ impl Policy {
         Arc::new(Policy {
             service: service.into(),
             current: ArcSwap::from_pointee(compiled),
+            document: Default::default(),
             synced: watch::channel(true).1,
             metrics,
         })
@@ -226,6 +230,7 @@ impl Policy {
         let p = Arc::new(Policy {
             service: service.into(),
             current: ArcSwap::from_pointee(Compiled::none()),
+            document: Default::default(),
             synced,
             metrics,
         });
@@ -276,7 +281,8 @@ impl Policy {
     }
 
     fn install(&self, snap: pb::PolicySnapshot, registry: &JwksRegistry) {
-        if snap.version == self.version() && snap.version != 0 {
+        let mut document = self.document.lock().unwrap_or_else(|e| e.into_inner());
+        if snap.version == self.version() && snap.document_json == *document {
             return;
         }
         let compiled = if snap.version == 0 {
@@ -291,6 +297,7 @@ impl Policy {
                 tracing::info!(service = %self.service, version = c.version, source = %snap.source, "policy in force");
                 self.metrics.policy_version.set(c.version as i64);
                 self.current.store(Arc::new(c));
+                *document = snap.document_json;
             }
             Err(e) => {
                 self.metrics.auth_failure(&self.service, "policy_rejected");

@@ -240,3 +240,41 @@ async fn the_policy_stays_in_force_while_redis_and_then_control_are_down() {
     m.client_side.shutdown();
     m.server_side.shutdown();
 }
+
+#[tokio::test]
+async fn a_restarted_in_memory_control_that_counts_versions_from_1_again_still_updates_sidecars() {
+    let (app, _) = recording_app().await;
+    let m = mesh(app, "h2c", None).await;
+    let addr = m.control.grpc_addr;
+    let v = set_policy(addr, "echo", "[authz]\ndefault = \"deny\"\n").await;
+    assert_eq!(v, 1);
+    wait_version(m.server_side.admin_addr, 1).await;
+    let mut c = h2c_client(m.client_side.upstream_addrs[0].1).await;
+    assert_eq!(call(&mut c, "GET", "/x", &[]).await.status, 403);
+
+    let Mesh { control, client_side, server_side, .. } = m;
+    control.shutdown();
+    control.wait().await.unwrap();
+    // The new control loads an allowing policy from files: its version is 1
+    // again, with another document.
+    let dir = temp_dir("policy-restart");
+    std::fs::write(dir.join("echo.toml"), "[authz]\ndefault = \"allow\"\n").unwrap();
+    let restarted = support::control(Settings {
+        grpc_addr: Some(addr.to_string()),
+        policy_dir: Some(dir.display().to_string()),
+        ..settings()
+    })
+    .await;
+    let got = policy_client(addr).await.get(pb::GetRequest { service: "echo".into() }).await.unwrap().into_inner();
+    assert_eq!(got.version, 1, "versions start again at 1");
+    let applied = eventually(Duration::from_secs(5), || async {
+        let (_, body) = http_get(server_side.admin_addr, "/metrics").await;
+        body.contains("redfire_sidecar_policy_version 1") && call(&mut c.clone(), "GET", "/x", &[]).await.status == 200
+    })
+    .await;
+    assert!(applied, "the new version 1 replaced the old version 1");
+    client_side.shutdown();
+    server_side.shutdown();
+    restarted.shutdown();
+    std::fs::remove_dir_all(dir).unwrap();
+}
