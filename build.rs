@@ -8,6 +8,7 @@ const PROTOS: &[&str] = &[
     "proto/redfire/registry/v1/registry.proto",
     "proto/redfire/identity/v1/identity.proto",
     "proto/redfire/events/v1/events.proto",
+    "proto/redfire/policy/v1/policy.proto",
 ];
 
 fn main() -> anyhow::Result<()> {

@@ -31,6 +31,14 @@ pub mod proto {
         }
     }
 
+    /// `redfire.policy.v1`
+    pub mod policy {
+        /// `redfire.policy.v1`
+        pub mod v1 {
+            tonic::include_proto!("redfire.policy.v1");
+        }
+    }
+
     /// `redfire.registry.v1`
     pub mod registry {
         /// `redfire.registry.v1`

@@ -1,5 +1,7 @@
 //! The admin HTTP port: `/health` (alive), `/ready` (store reachable and not
-//! draining), `/metrics` (Prometheus text) and `/admin/services` (JSON).
+//! draining), `/metrics` (Prometheus text), `/admin/services` (JSON) and
+//! `/admin/policy` (policies in force with versions, and policy files that
+//! failed to load).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -26,6 +28,8 @@ pub struct Admin {
     pub store_ready: Box<dyn Fn() -> Result<(), String> + Send + Sync>,
     /// Draining makes `/ready` fail.
     pub drain: Drain,
+    /// Policies in force, for `/admin/policy`.
+    pub policies: Arc<crate::control::policy::store::PolicyStore>,
 }
 
 impl std::fmt::Debug for Admin {
@@ -75,7 +79,26 @@ impl Admin {
                 r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
                 r
             }
-            _ => text(StatusCode::NOT_FOUND, "not found: try /health, /ready, /metrics, /admin/services\n".into()),
+            "/admin/policy" => {
+                let services: serde_json::Map<String, serde_json::Value> = self
+                    .policies
+                    .all()
+                    .values()
+                    .map(|p| {
+                        let doc = serde_json::from_str::<serde_json::Value>(&p.document_json).unwrap_or_default();
+                        let v = serde_json::json!({ "version": p.version, "source": p.source, "document": doc });
+                        (p.service.clone(), v)
+                    })
+                    .collect();
+                let body = serde_json::json!({ "services": services, "errors": self.policies.errors() });
+                let mut r = text(StatusCode::OK, format!("{body:#}\n"));
+                r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+                r
+            }
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "not found: try /health, /ready, /metrics, /admin/services, /admin/policy\n".into(),
+            ),
         }
     }
 }

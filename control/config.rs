@@ -154,6 +154,12 @@ pub struct Settings {
     /// Events: how often retention is applied [default: 1s]
     #[arg(long, env = "REDFIRE_EVENTS_TRIM_INTERVAL")]
     pub events_trim_interval: Option<String>,
+    /// Directory of per-service policy files (`<service>.toml`) [default: none]
+    #[arg(long, env = "REDFIRE_POLICY_DIR")]
+    pub policy_dir: Option<String>,
+    /// How often the policy directory is checked for changes [default: 1s]
+    #[arg(long, env = "REDFIRE_POLICY_POLL_INTERVAL")]
+    pub policy_poll_interval: Option<String>,
 }
 
 /// Validated event bus settings.
@@ -215,6 +221,10 @@ pub struct Config {
     pub ca: CaConfig,
     /// The event bus.
     pub events: EventsConfig,
+    /// Policy directory.
+    pub policy_dir: Option<PathBuf>,
+    /// Policy directory poll interval.
+    pub policy_poll_interval: Duration,
 }
 
 impl Default for Config {
@@ -276,7 +286,9 @@ impl Settings {
             events_max_age,
             events_max_in_flight,
             events_poll_interval,
-            events_trim_interval
+            events_trim_interval,
+            policy_dir,
+            policy_poll_interval
         )
     }
 
@@ -380,7 +392,17 @@ impl Config {
             log_level,
             ca,
             events,
+            policy_dir: s.policy_dir.map(PathBuf::from),
+            policy_poll_interval: duration("policy_poll_interval", s.policy_poll_interval, "1s")?,
         };
+        if let Some(d) = &c.policy_dir
+            && !d.is_dir()
+        {
+            return Err(err("policy_dir", format!("{} is not a directory", d.display())));
+        }
+        if c.policy_poll_interval < Duration::from_millis(50) || c.policy_poll_interval > Duration::from_secs(60) {
+            return Err(err("policy_poll_interval", "must be within 50ms..=60s"));
+        }
         if c.redis_timeout.is_zero() {
             return Err(err("redis_timeout", "must be above 0"));
         }
@@ -543,6 +565,8 @@ mod tests {
                 "events_visibility_timeout",
             ),
             (Settings { events_max_deliveries: Some("0".into()), ..Default::default() }, "events_max_deliveries"),
+            (Settings { policy_dir: Some("/nonexistent/policies".into()), ..Default::default() }, "policy_dir"),
+            (Settings { policy_poll_interval: Some("1ms".into()), ..Default::default() }, "policy_poll_interval"),
         ];
         for (s, key) in cases {
             let e = Config::from_settings(s).unwrap_err();

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use redfire::control::config::{Command, Config, TokenCommand};
 use redfire::control::identity::ca::Ca;
 use redfire::control::identity::token;
-use redfire::control::server::Control;
+use redfire::control::server::{Control, ServerError};
 use redfire::control::{shutdown, telemetry};
 
 fn main() -> ExitCode {
@@ -33,7 +33,9 @@ fn main() -> ExitCode {
             Err(e) => {
                 tracing::error!("{e}");
                 eprintln!("redfire-control: {e}");
-                return ExitCode::FAILURE;
+                // An invalid policy file is bad config, like a bad setting.
+                let code = if matches!(e, ServerError::Policy(_)) { 2 } else { 1 };
+                return ExitCode::from(code);
             }
         };
         shutdown::signal().await;

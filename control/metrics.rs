@@ -61,6 +61,8 @@ pub struct Metrics {
     store_up: Gauge,
     /// Event bus metrics (`redfire_control_events_*`).
     pub events: std::sync::Arc<EventMetrics>,
+    /// Policy files rejected on reload (the last good policy stayed in force).
+    pub policy_load_errors: std::sync::Arc<Counter>,
 }
 
 impl Default for Metrics {
@@ -83,7 +85,24 @@ impl Default for Metrics {
         let events = EventMetrics::default();
         events.register(&mut registry);
         let events = std::sync::Arc::new(events);
-        Metrics { registry, rpcs, rpc_seconds, store_errors, instances, watchers, revision, store_up, events }
+        let policy_load_errors = std::sync::Arc::new(Counter::default());
+        registry.register(
+            "policy_load_errors",
+            "policy files rejected on reload; the last good policy stayed in force",
+            (*policy_load_errors).clone(),
+        );
+        Metrics {
+            registry,
+            rpcs,
+            rpc_seconds,
+            store_errors,
+            instances,
+            watchers,
+            revision,
+            store_up,
+            events,
+            policy_load_errors,
+        }
     }
 }
 

@@ -7,6 +7,7 @@ pub mod config;
 pub mod events;
 pub mod identity;
 pub mod metrics;
+pub mod policy;
 pub mod registry;
 pub mod server;
 pub mod shutdown;

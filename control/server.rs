@@ -19,6 +19,9 @@ use crate::control::events::store::EventStore;
 use crate::control::identity::ca::Ca;
 use crate::control::identity::service::IdentityService;
 use crate::control::metrics::Metrics;
+use crate::control::policy::files::PolicyDir;
+use crate::control::policy::service::PolicyService;
+use crate::control::policy::store::PolicyStore;
 use crate::control::registry::memory::MemoryStore;
 use crate::control::registry::redis::{RedisConfig, RedisStore};
 use crate::control::registry::service::{LeasePolicy, RegistryService};
@@ -27,6 +30,7 @@ use crate::control::shutdown::Drain;
 use crate::control::telemetry;
 use crate::proto::events::v1::events_server::EventsServer;
 use crate::proto::identity::v1::identity_server::IdentityServer;
+use crate::proto::policy::v1::policy_server::PolicyServer;
 use crate::proto::registry::v1::registry_server::RegistryServer;
 
 /// The control service failed to start or to run.
@@ -48,6 +52,9 @@ pub enum ServerError {
     /// The mesh CA could not be loaded.
     #[error("{0}")]
     Ca(#[from] crate::control::identity::ca::CaError),
+    /// A policy file is invalid (at start there is no last good one to keep).
+    #[error("{0}")]
+    Policy(#[from] crate::control::policy::model::PolicyError),
     /// The gRPC server failed.
     #[error("grpc server: {0}")]
     Grpc(String),
@@ -98,10 +105,29 @@ impl Control {
                 .map_err(ServerError::Store)?,
             ),
         };
+        let policies = match config.store {
+            StoreKind::Memory => PolicyStore::memory(),
+            StoreKind::Redis => {
+                let p = PolicyStore::redis(&config.redis_url, &config.redis_prefix, config.redis_timeout)
+                    .map_err(ServerError::Store)?;
+                if let Err(e) = p.refresh().await {
+                    tracing::warn!(error = %e, "policies not loaded from Redis yet; the poller keeps trying");
+                }
+                p
+            }
+        };
+        let policy_dir = match &config.policy_dir {
+            Some(dir) => {
+                let d = PolicyDir::load(dir.clone(), policies.clone(), metrics.policy_load_errors.clone()).await?;
+                Some(tokio::spawn(d.watch(config.policy_poll_interval)))
+            }
+            None => None,
+        };
         let task = match config.store {
             StoreKind::Memory => {
                 let store = MemoryStore::new(config.watch_history, config.sweep_interval);
-                let parts = Parts { grpc, admin, metrics, identity, events, drain: drain.clone() };
+                let parts =
+                    Parts { grpc, admin, metrics, identity, events, policies, policy_dir, drain: drain.clone() };
                 tokio::spawn(serve(Arc::new(store), parts, config))
             }
             StoreKind::Redis => {
@@ -118,7 +144,8 @@ impl Control {
                 // reachable); give a reachable Redis a moment so a fresh
                 // replica starts with the registry already loaded.
                 store.wait_synced(config.redis_timeout).await;
-                let parts = Parts { grpc, admin, metrics, identity, events, drain: drain.clone() };
+                let parts =
+                    Parts { grpc, admin, metrics, identity, events, policies, policy_dir, drain: drain.clone() };
                 tokio::spawn(serve(Arc::new(store), parts, config))
             }
         };
@@ -147,11 +174,13 @@ struct Parts {
     metrics: Arc<Metrics>,
     identity: IdentityService,
     events: Arc<dyn EventStore>,
+    policies: Arc<PolicyStore>,
+    policy_dir: Option<JoinHandle<()>>,
     drain: Drain,
 }
 
 async fn serve<S: RegistryStore>(store: Arc<S>, parts: Parts, config: Config) -> Result<(), ServerError> {
-    let Parts { grpc, admin: admin_listener, metrics, identity, events, drain } = parts;
+    let Parts { grpc, admin: admin_listener, metrics, identity, events, policies, policy_dir, drain } = parts;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<RegistryServer<RegistryService<S>>>().await;
     health.set_service_status("", ServingStatus::Serving).await;
@@ -195,6 +224,7 @@ async fn serve<S: RegistryStore>(store: Arc<S>, parts: Parts, config: Config) ->
             move || store.ready().and_then(|()| events.ready())
         }),
         drain: drain.clone(),
+        policies: policies.clone(),
     });
     let (admin_stop_tx, admin_stop) = tokio::sync::oneshot::channel::<()>();
     let admin_task = tokio::spawn(admin::serve(admin_listener, admin, async {
@@ -234,6 +264,7 @@ async fn serve<S: RegistryStore>(store: Arc<S>, parts: Parts, config: Config) ->
             EventsServer::new(events_service)
                 .max_decoding_message_size(config.events.limits.max_payload.saturating_mul(2).max(16 << 20)),
         )
+        .add_service(PolicyServer::new(PolicyService::new(policies.clone(), &drain)))
         .serve_with_incoming_shutdown(incoming, stop_accepting);
     let grace = async {
         drain.started().await;
@@ -248,6 +279,10 @@ async fn serve<S: RegistryStore>(store: Arc<S>, parts: Parts, config: Config) ->
     };
     store.close();
     trimmer.abort();
+    policies.close();
+    if let Some(t) = policy_dir {
+        t.abort();
+    }
     let _ = admin_stop_tx.send(());
     let _ = admin_task.await;
     tracing::info!("stopped");

@@ -2,7 +2,7 @@
 //! certificate and a discovery connection, the app passes its health checks
 //! when they are configured, not draining), `/metrics`,
 //! `/admin/endpoints` (every upstream's endpoints with load and health) and
-//! `/admin/config`.
+//! `/admin/config` (settings, identity and the policy version in force).
 
 use std::sync::Arc;
 
@@ -33,6 +33,8 @@ pub struct Admin {
     pub app_health: tokio::sync::watch::Receiver<AppHealth>,
     /// Draining makes `/ready` fail.
     pub draining: tokio::sync::watch::Receiver<bool>,
+    /// The policy in force.
+    pub policy: Arc<crate::sidecar::policy::Policy>,
 }
 
 impl Admin {
@@ -48,6 +50,9 @@ impl Admin {
         }
         if *self.app_health.borrow() != AppHealth::Serving {
             return Err("the app fails its health checks".into());
+        }
+        if !self.policy.synced() {
+            return Err("no policy from control yet".into());
         }
         Ok(())
     }
@@ -135,6 +140,7 @@ impl Admin {
                     "ejection_failures": c.ejection_failures, "ejection_time": format!("{:?}", c.ejection_time),
                     "upstreams": c.upstreams.iter().map(|(s, a)| (s.clone(), a.to_string())).collect::<Vec<_>>(),
                     "identity": identity,
+                    "policy_version": self.policy.version(),
                 });
                 text(StatusCode::OK, format!("{body:#}\n"), "application/json")
             }

@@ -40,6 +40,18 @@ pub enum ProxyError {
     /// This sidecar has no workload certificate (yet, or any more).
     #[error("no workload certificate: mTLS is refused until control issues one")]
     NoIdentity,
+    /// No valid end-user credentials (policy: JWT).
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// Refused by service authorization or RBAC.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    /// A request the policy cannot judge (e.g. a malformed path).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// No policy from control yet: fail closed.
+    #[error("policy not loaded from control yet")]
+    NoPolicy,
     /// The app behind this sidecar did not answer.
     #[error("app: {0}")]
     App(String),
@@ -49,7 +61,11 @@ impl ProxyError {
     /// HTTP status and gRPC code.
     pub fn codes(&self) -> (StatusCode, tonic::Code) {
         match self {
-            ProxyError::NoService => (StatusCode::BAD_REQUEST, tonic::Code::InvalidArgument),
+            ProxyError::NoService | ProxyError::BadRequest(_) => {
+                (StatusCode::BAD_REQUEST, tonic::Code::InvalidArgument)
+            }
+            ProxyError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, tonic::Code::Unauthenticated),
+            ProxyError::PermissionDenied(_) => (StatusCode::FORBIDDEN, tonic::Code::PermissionDenied),
             ProxyError::DeadlineExceeded => (StatusCode::GATEWAY_TIMEOUT, tonic::Code::DeadlineExceeded),
             ProxyError::Upstream(_) | ProxyError::App(_) => (StatusCode::BAD_GATEWAY, tonic::Code::Unavailable),
             _ => (StatusCode::SERVICE_UNAVAILABLE, tonic::Code::Unavailable),
@@ -75,6 +91,13 @@ impl ProxyError {
             r.headers_mut().insert("content-type", HeaderValue::from_static("text/plain; charset=utf-8"));
             r
         };
+        if let ProxyError::Unauthenticated(why) = self {
+            // RFC 6750 §3: the scheme, and why the token was refused.
+            let value = format!("Bearer error=\"invalid_token\", error_description=\"{}\"", why.replace('"', "'"));
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                r.headers_mut().insert("www-authenticate", v);
+            }
+        }
         r.headers_mut().insert("x-redfire-reason", header);
         r
     }

@@ -1,5 +1,7 @@
 //! The inbound request path: peer sidecar → mTLS (client certificate
-//! required, chained to the trust bundle) → HTTP/2 → the app on 127.0.0.1.
+//! required, chained to the trust bundle) → HTTP/2 → policy (service
+//! authorization by the caller's SPIFFE ID, JWT, RBAC: `sidecar::policy`)
+//! → the app on 127.0.0.1. A refused request never reaches the app.
 //!
 //! The caller's SPIFFE ID is passed to the app in `x-redfire-peer-identity`
 //! (any copy the caller sent is replaced). Requests that entered the mesh as
@@ -31,6 +33,7 @@ use crate::sidecar::errors::ProxyError;
 use crate::sidecar::metrics::Metrics;
 use crate::sidecar::outbound::pool::{CONNECTION_WINDOW, STREAM_WINDOW, handshake};
 use crate::sidecar::outbound::proxy::{HTTP1_MARK, strip_hop_by_hop};
+use crate::sidecar::policy::Policy;
 use crate::sidecar::transport::tls::peer_spiffe_id;
 use crate::sidecar::{trace, upgrade};
 
@@ -97,6 +100,7 @@ pub struct Inbound {
     tls: Arc<ArcSwapOption<ServerConfig>>,
     plaintext: bool,
     metrics: Arc<Metrics>,
+    policy: Arc<Policy>,
 }
 
 impl std::fmt::Debug for Inbound {
@@ -110,8 +114,9 @@ impl std::fmt::Debug for Inbound {
 
 impl Inbound {
     /// Forwards to the app at `app_addr`; TLS config from `tls` (empty while
-    /// the sidecar has no certificate: connections are then refused).
-    /// `plaintext` (development only) serves h2c with no TLS and no peer identity.
+    /// the sidecar has no certificate: connections are then refused);
+    /// every request passes `policy` first. `plaintext` (development only)
+    /// serves h2c with no TLS and no peer identity.
     pub fn new(
         service: String,
         app_addr: SocketAddr,
@@ -119,6 +124,7 @@ impl Inbound {
         tls: Arc<ArcSwapOption<ServerConfig>>,
         plaintext: bool,
         metrics: Arc<Metrics>,
+        policy: Arc<Policy>,
     ) -> Self {
         let app = match app_protocol {
             AppProtocol::H2c => AppClient::H2c(AppConn {
@@ -140,7 +146,7 @@ impl Inbound {
         };
         let app_authority =
             http::uri::Authority::try_from(app_addr.to_string()).expect("a socket address is an authority");
-        Inbound { service, app_addr, app_authority, app_protocol, app, tls, plaintext, metrics }
+        Inbound { service, app_addr, app_authority, app_protocol, app, tls, plaintext, metrics, policy }
     }
 
     /// Accepts peer connections until the drain starts, then lets open
@@ -237,6 +243,17 @@ impl Inbound {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("application/grpc"));
+        let (mut parts, body) = req.into_parts();
+        // No SPIFFE ID in the certificate: no identity (matches no rule).
+        let caller = peer.as_ref().and_then(|p| p.to_str().ok()).filter(|p| !p.is_empty());
+        if let Err(e) = self.policy.enforce(&mut parts, caller).await {
+            let resp = self.metrics.observe("inbound", &self.service, e.respond(grpc), started.elapsed());
+            if let Some(span) = &span {
+                trace::record_status(span, resp.status());
+            }
+            return resp;
+        }
+        let req = Request::from_parts(parts, body);
         if let Some(protocol) = req.headers().get(upgrade::UPGRADE).cloned() {
             let resp = Box::pin(self.upgrade(req, peer, protocol)).await.unwrap_or_else(|e| e.respond(grpc));
             return self.metrics.observe("inbound", &self.service, resp, started.elapsed());

@@ -207,6 +207,15 @@ pub struct UpstreamState {
     pub in_flight: usize,
 }
 
+/// Labels of policy refusals.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    /// Own service.
+    pub service: String,
+    /// Why (`expired`, `bad_signature`, ...) or where (`service`, `rbac`).
+    pub reason: &'static str,
+}
+
 /// Every metric of the sidecar.
 #[derive(Debug)]
 pub struct Metrics {
@@ -219,6 +228,10 @@ pub struct Metrics {
     endpoints: Family<ServiceLabels, Gauge>,
     in_flight: Family<ServiceLabels, Gauge>,
     connections: Family<ConnectionLabels, Gauge>,
+    auth_failures: Family<PolicyLabels, Counter>,
+    authz_denials: Family<PolicyLabels, Counter>,
+    /// Version of the policy in force (0: none).
+    pub policy_version: Gauge,
     /// Seconds until the workload certificate expires (negative: expired).
     pub cert_expiry_seconds: Gauge,
     /// 1 while the app is healthy, else 0.
@@ -258,6 +271,16 @@ impl Default for Metrics {
             cert_expiry_seconds.clone(),
         );
         registry.register("app_serving", "1 while the app passes its health checks (or has none)", app_serving.clone());
+        let auth_failures = Family::<PolicyLabels, Counter>::default();
+        let authz_denials = Family::<PolicyLabels, Counter>::default();
+        let policy_version = Gauge::default();
+        registry.register(
+            "auth_failures",
+            "requests refused 401 by end-user authentication, by reason",
+            auth_failures.clone(),
+        );
+        registry.register("authz_denials", "requests refused 403, by stage (service, rbac)", authz_denials.clone());
+        registry.register("policy_version", "version of the policy in force (0: none)", policy_version.clone());
         Metrics {
             registry,
             requests,
@@ -272,6 +295,9 @@ impl Default for Metrics {
             app_serving,
             services: [RwLock::default(), RwLock::default()],
             refresh: Mutex::new(()),
+            auth_failures,
+            authz_denials,
+            policy_version,
         }
     }
 }
@@ -363,6 +389,16 @@ impl Metrics {
             self.endpoints.get_or_create(&labels).set(to_i64(state.endpoints));
             self.in_flight.get_or_create(&labels).set(to_i64(state.in_flight));
         }
+    }
+
+    /// Records a request refused by authentication.
+    pub fn auth_failure(&self, service: &str, reason: &'static str) {
+        self.auth_failures.get_or_create(&PolicyLabels { service: service.to_string(), reason }).inc();
+    }
+
+    /// Records a request refused by service authorization or RBAC.
+    pub fn authz_denial(&self, service: &str, reason: &'static str) {
+        self.authz_denials.get_or_create(&PolicyLabels { service: service.to_string(), reason }).inc();
     }
 
     /// Prometheus text.

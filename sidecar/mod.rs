@@ -8,6 +8,8 @@
 //!   balancing, retries and circuit breaking. They do no I/O, so the
 //!   listener, the tower layers and the binary can be assembled on top of
 //!   them and each decision can be tested on its own with paused time;
+//! - [`policy`] — service authorization, JWT and RBAC enforced at inbound,
+//!   Watched from control;
 //! - [`transport`] — mTLS between sidecars (TLS 1.3, SPIFFE identities).
 
 pub mod admin;
@@ -20,6 +22,7 @@ pub mod identity;
 pub mod inbound;
 pub mod metrics;
 pub mod outbound;
+pub mod policy;
 pub mod registration;
 pub mod server;
 pub mod trace;

@@ -29,6 +29,7 @@ use crate::sidecar::inbound::Inbound;
 use crate::sidecar::metrics::Metrics;
 use crate::sidecar::outbound::pool::{CONNECTION_WINDOW, Pool, STREAM_WINDOW};
 use crate::sidecar::outbound::proxy::Outbound;
+use crate::sidecar::policy::Policy;
 use crate::sidecar::registration;
 use crate::sidecar::transport::tls::server_config;
 
@@ -99,6 +100,9 @@ impl Sidecar {
                 .map_err(|e| SidecarError::Start(e.to_string()))?;
         let (discovery, discovery_task) = Discovery::spawn(&config).map_err(SidecarError::Start)?;
 
+        let (policy, policy_task) =
+            Policy::spawn(&config.control_addr, &config.service, metrics.clone()).map_err(SidecarError::Start)?;
+
         // The inbound TLS config follows the credentials (rotation: new
         // connections get the new certificate; none while there is none).
         let tls = Arc::new(ArcSwapOption::<rustls::ServerConfig>::empty());
@@ -144,6 +148,7 @@ impl Sidecar {
             tls,
             config.dev_plaintext,
             metrics.clone(),
+            policy.clone(),
         ));
         let admin = Arc::new(Admin {
             config: config.clone(),
@@ -152,6 +157,7 @@ impl Sidecar {
             creds: creds.clone(),
             app_health,
             draining: drain.subscribe(),
+            policy,
         });
 
         let mut servers = JoinSet::new();
@@ -173,7 +179,9 @@ impl Sidecar {
                 let _ = tokio::time::timeout(grace, async { while servers.join_next().await.is_some() {} }).await;
                 finished_tx.send_replace(true);
                 let _ = tokio::time::timeout(Duration::from_secs(2), registration).await;
-                for t in [identity_task, discovery_task, tls_task, serving_task].into_iter().chain(health_task) {
+                for t in
+                    [identity_task, discovery_task, tls_task, serving_task, policy_task].into_iter().chain(health_task)
+                {
                     t.abort();
                 }
                 admin_stop.start();

@@ -110,7 +110,7 @@ async fn inbound_drain_lets_an_in_flight_stream_finish() {
 
     // Sidecar B starts draining with the stream open (2 s grace): it must
     // not stop (deregister, exit) while the stream is in flight.
-    let Mesh { control, client_side, server_side } = m;
+    let Mesh { control, client_side, server_side, .. } = m;
     server_side.shutdown();
     let stopped = tokio::spawn(server_side.wait());
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use http::{HeaderMap, HeaderValue, Request, Response};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
 use http_body_util::{BodyExt, BodyStream, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
@@ -129,10 +129,44 @@ pub async fn endpoint_count(admin: SocketAddr, service: &str) -> usize {
     json[service]["endpoints"].as_array().map_or(0, Vec::len)
 }
 
+/// What a [`recording_app`] saw.
+#[derive(Debug, Default)]
+pub struct Recorder {
+    /// Requests that reached the app.
+    pub requests: std::sync::atomic::AtomicUsize,
+}
+
+/// An h2c app that counts the requests reaching it and answers 200 (gRPC
+/// status 0) with what it received in response headers: `x-seen-path`, and
+/// `x-seen-<name>` for `x-user-id`, `x-user-roles` and `x-redfire-peer-identity`.
+pub async fn recording_app() -> (SocketAddr, std::sync::Arc<Recorder>) {
+    let rec = std::sync::Arc::new(Recorder::default());
+    let counter = rec.clone();
+    let addr = serve_app(false, move |req: Request<Incoming>| {
+        counter.requests.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async move {
+            let mut resp = Response::new(BodyExt::boxed_unsync(
+                http_body_util::Full::new(Bytes::from_static(b"ok")).map_err(|n| match n {}),
+            ));
+            resp.headers_mut().insert("grpc-status", HeaderValue::from_static("0"));
+            resp.headers_mut().insert("x-seen-path", HeaderValue::from_str(req.uri().path()).unwrap());
+            for h in ["x-user-id", "x-user-roles", "x-redfire-peer-identity"] {
+                if let Some(v) = req.headers().get(h) {
+                    resp.headers_mut()
+                        .insert(HeaderName::from_bytes(format!("x-seen-{h}").as_bytes()).unwrap(), v.clone());
+                }
+            }
+            Ok::<_, Infallible>(resp)
+        }
+    })
+    .await;
+    (addr, rec)
+}
+
 /// Serves `handle` on a free 127.0.0.1 port, HTTP/1.1 or h2c, until the test ends.
 pub async fn serve_app<F, Fut>(http1: bool, handle: F) -> SocketAddr
 where
-    F: Fn(Request<Incoming>) -> Fut + Copy + Send + Sync + 'static,
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<Response<BoxBody>, Infallible>> + Send + 'static,
 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -141,6 +175,7 @@ where
         loop {
             let Ok((tcp, _)) = listener.accept().await else { return };
             let _ = tcp.set_nodelay(true);
+            let handle = handle.clone();
             tokio::spawn(async move {
                 let io = TokioIo::new(tcp);
                 let svc = service_fn(handle);
@@ -160,10 +195,67 @@ pub struct Mesh {
     pub control: Control,
     pub client_side: Sidecar,
     pub server_side: Sidecar,
+    /// The control's settings (its CA signs the sidecars' bootstrap tokens).
+    pub control_settings: Settings,
+}
+
+/// A sidecar config for `service` in `namespace` against `control`, whose
+/// CA is configured by `control_settings`.
+pub async fn sidecar_config(
+    control: &Control,
+    control_settings: &Settings,
+    (namespace, service): (&str, &str),
+    upstreams: Option<String>,
+    app_addr: String,
+    app_protocol: &str,
+    extra: SidecarSettings,
+) -> SidecarConfig {
+    let ca = Ca::load(Config::from_settings(control_settings.clone()).unwrap().ca).await.unwrap();
+    let tok = token::create(&ca, namespace, service, Duration::from_secs(600)).unwrap();
+    SidecarConfig::from_settings(extra.or(SidecarSettings {
+        control_addr: Some(format!("http://{}", control.grpc_addr)),
+        service: Some(service.into()),
+        namespace: Some(namespace.into()),
+        bootstrap_token: Some(tok),
+        inbound_addr: Some("127.0.0.1:0".into()),
+        outbound_addr: Some("127.0.0.1:0".into()),
+        admin_addr: Some("127.0.0.1:0".into()),
+        upstreams,
+        app_addr: Some(app_addr),
+        app_protocol: Some(app_protocol.into()),
+        shutdown_grace: Some("2s".into()),
+        log_level: Some("warn".into()),
+        ..Default::default()
+    }))
+    .unwrap()
+}
+
+/// Another client sidecar (`service` in `namespace`, with an `echo` upstream
+/// listener) in mesh `m`, ready once it has discovered echo.
+pub async fn extra_client(m: &Mesh, namespace: &str, service: &str) -> Sidecar {
+    let config = sidecar_config(
+        &m.control,
+        &m.control_settings,
+        (namespace, service),
+        Some("echo=127.0.0.1:0".into()),
+        "127.0.0.1:9".into(),
+        "h2c",
+        SidecarSettings::default(),
+    )
+    .await;
+    let s = Sidecar::start(config).await.unwrap();
+    let port = m.server_side.inbound_addr.port();
+    let ready = eventually(Duration::from_secs(10), || async {
+        let (_, body) = http_get(s.admin_addr, "/admin/endpoints").await;
+        http_get(s.admin_addr, "/ready").await.0 == 200 && body.contains(&format!("\"address\": \"127.0.0.1:{port}\""))
+    })
+    .await;
+    assert!(ready, "{service} ready and the echo endpoint discovered");
+    s
 }
 
 pub async fn mesh(app: SocketAddr, app_protocol: &str, client: Option<SidecarSettings>) -> Mesh {
-    mesh_with(app, app_protocol, client.unwrap_or_default(), SidecarSettings::default()).await
+    mesh_full(settings(), app, app_protocol, client.unwrap_or_default(), SidecarSettings::default()).await
 }
 
 /// [`mesh`] with extra settings for the server side too.
@@ -171,8 +263,18 @@ pub async fn mesh_with(app: SocketAddr, app_protocol: &str, client: SidecarSetti
     mesh_full(settings(), app, app_protocol, client, server).await
 }
 
-/// [`mesh_with`] on a control started with `control_settings` (which must
-/// name a fixed CA directory, as [`settings`] does).
+/// A mesh whose control runs with `control_settings`.
+pub async fn mesh_on(
+    app: SocketAddr,
+    app_protocol: &str,
+    client: Option<SidecarSettings>,
+    control_settings: Settings,
+) -> Mesh {
+    mesh_full(control_settings, app, app_protocol, client.unwrap_or_default(), SidecarSettings::default()).await
+}
+
+/// The most general mesh: control with `control_settings` (which must name a
+/// fixed CA directory, as [`settings`] does), extra settings for both sides.
 pub async fn mesh_full(
     control_settings: Settings,
     app: SocketAddr,
@@ -181,28 +283,15 @@ pub async fn mesh_full(
     server: SidecarSettings,
 ) -> Mesh {
     let control = control(control_settings.clone()).await;
-    let ca = Ca::load(Config::from_settings(control_settings).unwrap().ca).await.unwrap();
-    let sidecar = |service: &str, upstreams: Option<String>, app_addr: String, extra: SidecarSettings| {
-        let tok = token::create(&ca, "default", service, Duration::from_secs(600)).unwrap();
-        SidecarConfig::from_settings(extra.or(SidecarSettings {
-            control_addr: Some(format!("http://{}", control.grpc_addr)),
-            service: Some(service.into()),
-            bootstrap_token: Some(tok),
-            inbound_addr: Some("127.0.0.1:0".into()),
-            outbound_addr: Some("127.0.0.1:0".into()),
-            admin_addr: Some("127.0.0.1:0".into()),
-            upstreams,
-            app_addr: Some(app_addr),
-            app_protocol: Some(app_protocol.into()),
-            shutdown_grace: Some("2s".into()),
-            log_level: Some("warn".into()),
-            ..Default::default()
-        }))
-        .unwrap()
+    let (ctl, cs) = (&control, &control_settings);
+    let sidecar = |service: &'static str, upstreams: Option<String>, app_addr: String, extra: SidecarSettings| async move {
+        sidecar_config(ctl, cs, ("default", service), upstreams, app_addr, app_protocol, extra).await
     };
-    let server_side = Sidecar::start(sidecar("echo", None, app.to_string(), server)).await.unwrap();
+    let server_side = Sidecar::start(sidecar("echo", None, app.to_string(), server).await).await.unwrap();
     let client_side =
-        Sidecar::start(sidecar("client", Some("echo=127.0.0.1:0".into()), "127.0.0.1:9".into(), client)).await.unwrap();
+        Sidecar::start(sidecar("client", Some("echo=127.0.0.1:0".into()), "127.0.0.1:9".into(), client).await)
+            .await
+            .unwrap();
     let ready = eventually(Duration::from_secs(10), || async {
         let (_, body) = http_get(client_side.admin_addr, "/admin/endpoints").await;
         http_get(client_side.admin_addr, "/ready").await.0 == 200
@@ -211,7 +300,7 @@ pub async fn mesh_full(
     })
     .await;
     assert!(ready, "both sidecars ready and the echo endpoint discovered");
-    Mesh { control, client_side, server_side }
+    Mesh { control, client_side, server_side, control_settings }
 }
 
 pub async fn h2c_client(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<BoxBody> {

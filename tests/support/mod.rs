@@ -5,6 +5,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod mesh;
+pub mod policy;
 
 use std::future::Future;
 use std::net::SocketAddr;
