@@ -96,6 +96,12 @@ impl Metrics {
         self.retries.get_or_create(&RetryLabels { service: service.to_string(), result }).inc();
     }
 
+    /// The registry, for metrics of other parts (the gateway) to join
+    /// before the sidecar starts serving.
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
     /// Prometheus text.
     pub fn render(&self) -> String {
         let mut out = String::new();

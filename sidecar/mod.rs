@@ -8,13 +8,15 @@
 //!   balancing, retries and circuit breaking. They do no I/O, so the
 //!   listener, the tower layers and the binary can be assembled on top of
 //!   them and each decision can be tested on its own with paused time;
-//! - [`transport`] — mTLS between sidecars (TLS 1.3, SPIFFE identities).
+//! - [`transport`] — mTLS between sidecars (TLS 1.3, SPIFFE identities);
+//! - [`gateway`] — gateway mode: the external ingress with its route table.
 
 pub mod admin;
 pub mod body;
 pub mod config;
 pub mod discovery;
 pub mod errors;
+pub mod gateway;
 pub mod identity;
 pub mod inbound;
 pub mod metrics;
