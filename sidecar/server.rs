@@ -203,6 +203,7 @@ impl Sidecar {
                 metrics: gateway_metrics,
                 cors: Cors::new(g.cors_origins.clone()),
                 trusted_hops: g.trusted_hops,
+                max_headers: g.max_headers,
             });
             servers.spawn(gateway::listener::serve(l, gw, g, tls, drain.clone()));
         }

@@ -43,6 +43,10 @@ pub struct Gateway {
     pub cors: Cors,
     /// Proxies in front whose `X-Forwarded-For`/`Forwarded` are kept.
     pub trusted_hops: usize,
+    /// Headers per request at most. HTTP/1.1 is cut by hyper before this
+    /// point; HTTP/2 only bounds the header list's size, so the count is
+    /// checked here.
+    pub max_headers: usize,
 }
 
 /// Facts about the client connection.
@@ -59,6 +63,13 @@ impl Gateway {
     pub async fn handle(&self, mut req: Request<Incoming>, client: Client) -> Response<Body> {
         let started = Instant::now();
         if let Some(r) = self.cors.preflight(req.method(), req.headers()) {
+            return r;
+        }
+        if req.headers().len() > self.max_headers {
+            let id = HeaderValue::from_static("-");
+            let msg = format!("more than {} request headers", self.max_headers);
+            let r = json_error(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "too_many_headers", &msg, &id);
+            self.metrics.observe("none", r.status(), started.elapsed());
             return r;
         }
         let origin = self.cors.allowed(req.headers());
