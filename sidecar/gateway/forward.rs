@@ -116,9 +116,10 @@ impl Gateway {
         let web = grpc_web::flavour(req.headers());
         let mut resp = match web {
             Some(flavour) => {
+                let suffix = grpc_web::suffix(req.headers());
                 let req = grpc_web::to_grpc(req.map(|b| b.map_err(Into::into).boxed_unsync()), flavour);
                 let resp = self.outbound.handle_with(Some(&route.service), req, &target).await;
-                grpc_web::from_grpc(resp, flavour)
+                grpc_web::from_grpc(resp, flavour, &suffix)
             }
             None => self.outbound.handle_with(Some(&route.service), req, &target).await,
         };

@@ -67,11 +67,20 @@ pub fn to_grpc(req: Request<Body>, flavour: Flavour) -> Request<Body> {
     Request::from_parts(parts, body)
 }
 
-/// The gRPC response as gRPC-Web of `flavour`.
-pub fn from_grpc(resp: Response<Body>, flavour: Flavour) -> Response<Body> {
+/// The `+format` suffix of a content type (`+proto`), or `""`.
+pub fn suffix(headers: &HeaderMap) -> String {
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    ct.split_once('+').map(|(_, s)| format!("+{s}")).unwrap_or_default()
+}
+
+/// The gRPC response as gRPC-Web of `flavour`; the content type keeps the
+/// response's `+format`, else the request's (`request_suffix`).
+pub fn from_grpc(resp: Response<Body>, flavour: Flavour, request_suffix: &str) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
-    let ct = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/grpc");
-    let suffix = ct.strip_prefix("application/grpc").filter(|s| s.starts_with('+')).unwrap_or("").to_string();
+    let suffix = match suffix(&parts.headers) {
+        s if s.is_empty() => request_suffix.to_string(),
+        s => s,
+    };
     let base = match flavour {
         Flavour::Binary => "application/grpc-web",
         Flavour::Text => "application/grpc-web-text",
@@ -220,7 +229,7 @@ mod tests {
         let mut resp =
             Response::new(body(vec![Frame::data(Bytes::from_static(b"\x00\x00\x00\x00\x01x")), Frame::trailers(t)]));
         resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-        let resp = from_grpc(resp, Flavour::Binary);
+        let resp = from_grpc(resp, Flavour::Binary, "");
         assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/grpc-web");
         let out = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&out[..], b"\x00\x00\x00\x00\x01x\x80\x00\x00\x00\x10grpc-status: 0\r\n");
