@@ -147,8 +147,9 @@ impl Outbound {
         let mut tried = Vec::new();
         loop {
             attempts += 1;
-            let (result, outcome) =
-                self.attempt(service, &upstream, &parts, replay.attempt(), deadline, subset, &mut tried).await;
+            let (result, outcome) = self
+                .attempt(service, &upstream, &parts, replay.attempt(), Limits { deadline, subset }, &mut tried)
+                .await;
             let Some(outcome) = outcome else { return result.map(|r| self.guard(r, in_flight)) };
             let request = RetryRequest::new(&parts.method, replay.replayable(), attempts);
             if retry.decide(&request, &outcome) != Decision::Retry {
@@ -221,10 +222,10 @@ impl Outbound {
         upstream: &Upstream,
         parts: &http::request::Parts,
         body: ReplayBody,
-        deadline: Option<Instant>,
-        subset: Option<&(String, String)>,
+        limits: Limits<'_>,
         tried: &mut Vec<String>,
     ) -> (Result<Response<Incoming>, ProxyError>, Option<Outcome>) {
+        let Limits { deadline, subset } = limits;
         let set = upstream.set.load_full();
         let available = |i| set.outliers.is_available(i) && set.in_subset(i, subset);
         let idx = if tried.is_empty() {
@@ -286,6 +287,13 @@ impl Outbound {
             Guarded { inner, _in_flight: in_flight, idle: self.stream_idle_timeout, timer: None }.boxed_unsync()
         })
     }
+}
+
+/// What bounds one attempt: the request's deadline and the route's subset.
+#[derive(Clone, Copy)]
+struct Limits<'a> {
+    deadline: Option<Instant>,
+    subset: Option<&'a (String, String)>,
 }
 
 fn is_success(o: &Outcome) -> bool {
