@@ -225,3 +225,16 @@ async fn websocket_passes_through_the_gateway() {
     }
     ws.close(None).await.unwrap();
 }
+
+#[tokio::test]
+async fn gateway_drains_on_shutdown() {
+    let app = users_app("1").await;
+    let m =
+        gateway_mesh(&[Service { name: "users", app, protocol: "http1", metadata: "" }], ROUTES, Default::default())
+            .await;
+    assert_eq!(http1(m.addr, "GET", "/api/v1/users/1", &[], b"").await.0, 200);
+    let addr = m.addr;
+    m.gateway.shutdown();
+    tokio::time::timeout(Duration::from_secs(10), m.gateway.wait()).await.expect("the gateway stops within its grace");
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "the listener is closed");
+}

@@ -40,6 +40,7 @@ starttime() { sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f20; }
 alive() { [ -e "/proc/$1" ] && ! grep -q '^State:.*[ZX]' "/proc/$1/status" 2>/dev/null; }
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 code() { curl -s --noproxy '*' --max-time 1 -o /dev/null -w '%{http_code}' "$1" 2>/dev/null || true; }
+is200() { [ "$(code "$1")" = 200 ]; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 OURS=()
@@ -104,7 +105,7 @@ GW=$(free_port); GWA=$(free_port); NG=$(free_port)
 mkdir -p "$WORK/ca"
 spawn "$WORK/control.log" "$BIN/redfire-control" --grpc-addr "127.0.0.1:$CG" --admin-addr "127.0.0.1:$CA" \
   --ca-dir "$WORK/ca" --log-level warn
-wait_for "control /ready" [ "$(code "http://127.0.0.1:$CA/ready")" = 200 ]
+wait_for "control /ready" is200 "http://127.0.0.1:$CA/ready"
 tok() { "$BIN/redfire-control" --ca-dir "$WORK/ca" --log-level warn token create --service "$1"; }
 T_ECHO=$(tok echo); T_GW=$(tok gateway)
 spawn "$WORK/echo-sidecar.log" env REDFIRE_BOOTSTRAP_TOKEN="$T_ECHO" taskset -c "$CPU" "$BIN/redfire-sidecar" \
@@ -122,9 +123,9 @@ spawn "$WORK/gateway.log" env REDFIRE_BOOTSTRAP_TOKEN="$T_GW" taskset -c "$CPU" 
   --control-addr "http://127.0.0.1:$CG" --service gateway --mode gateway --worker-threads 1 --log-level warn \
   --gateway-addr "127.0.0.1:$GW" --admin-addr "127.0.0.1:$GWA" --routes "$WORK/routes.toml"
 GW_PID=$PID
-wait_for "echo sidecar /ready" [ "$(code "http://127.0.0.1:$INA/ready")" = 200 ]
-wait_for "gateway /ready" [ "$(code "http://127.0.0.1:$GWA/ready")" = 200 ]
-wait_for "a 200 through the gateway" [ "$(code "http://127.0.0.1:$GW/")" = 200 ]
+wait_for "echo sidecar /ready" is200 "http://127.0.0.1:$INA/ready"
+wait_for "gateway /ready" is200 "http://127.0.0.1:$GWA/ready"
+wait_for "a 200 through the gateway" is200 "http://127.0.0.1:$GW/"
 
 # ---- nginx, HTTP/1.1 plain reverse proxy ------------------------------------------------------
 mkdir -p "$WORK/nginx"
@@ -160,7 +161,7 @@ http {
 EOF
 spawn "$WORK/nginx.log" taskset -c "$CPU" nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf"
 NGINX_PID=$PID
-wait_for "a 200 through nginx" [ "$(code "http://127.0.0.1:$NG/")" = 200 ]
+wait_for "a 200 through nginx" is200 "http://127.0.0.1:$NG/"
 
 # ---- load -------------------------------------------------------------------------------------
 declare -A PORT=([direct]=$BACKEND_PORT [nginx]=$NG [gateway]=$GW)

@@ -270,6 +270,13 @@ service = "users"
     }
 
     #[test]
+    fn the_sample_in_deploy_parses() {
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/gateway-routes.toml"));
+        let t = load(path, 1).unwrap();
+        assert_eq!(t.routes.len(), 3);
+    }
+
+    #[test]
     fn errors_name_file_line_and_field() {
         let cases = [
             ("[[route]]\nservice = \"users\"\n", 1, "path_prefix"),
