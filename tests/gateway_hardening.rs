@@ -301,3 +301,23 @@ async fn slow_request_head_is_cut_at_the_header_read_timeout() {
     let r = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
     assert!(r.is_ok(), "the server closes the connection");
 }
+
+/// Row 6's cut-off: a keep-alive connection with no bytes either way for
+/// the idle timeout is closed (gracefully, after its last answer).
+#[tokio::test]
+async fn idle_connection_is_closed_at_the_idle_timeout() {
+    // The header-read timeout (which hyper also applies while waiting for the
+    // next request) is far longer than the wait below: only the idle cut can close it.
+    let m = gateway(SidecarSettings {
+        gateway_idle_timeout: Some("300ms".into()),
+        gateway_header_read_timeout: Some("60s".into()),
+        ..Default::default()
+    })
+    .await;
+    let mut s = TcpStream::connect(m.addr).await.unwrap();
+    s.write_all(b"GET /echo/x HTTP/1.1\r\nHost: api.test\r\n\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    assert!(r.is_ok(), "the idle keep-alive connection is closed by the gateway");
+    assert!(String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 200"), "after its request was answered");
+}

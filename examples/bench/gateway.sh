@@ -166,6 +166,8 @@ wait_for "a 200 through nginx" is200 "http://127.0.0.1:$NG/"
 # ---- load -------------------------------------------------------------------------------------
 declare -A PORT=([direct]=$BACKEND_PORT [nginx]=$NG [gateway]=$GW)
 declare -A RPS P50 P99 BAD
+# wrk prints latencies as 655.00us, 7.02ms or 1.20s: microseconds, so medians compare numbers.
+to_us() { awk '{ v = $1 + 0; if ($1 ~ /us$/) print v; else if ($1 ~ /ms$/) print v * 1000; else print v * 1000000 }'; }
 run() {   # run TARGET ROUND
   local t=$1 out c0 c1 n
   c0=$(count)
@@ -174,8 +176,8 @@ run() {   # run TARGET ROUND
   c1=$(count)
   n=$(awk '/requests in/ {print $1}' <<<"$out")
   RPS[$t]+="$(awk '/^Requests\/sec/ {print $2}' <<<"$out") "
-  P50[$t]+="$(awk '$1 == "50%" {print $2}' <<<"$out") "
-  P99[$t]+="$(awk '$1 == "99%" {print $2}' <<<"$out") "
+  P50[$t]+="$(awk '$1 == "50%" {print $2}' <<<"$out" | to_us) "
+  P99[$t]+="$(awk '$1 == "99%" {print $2}' <<<"$out" | to_us) "
   # wrk counts requests completed; the backend counts requests received (>= completed, by at most
   # the connections in flight when wrk stopped).
   if grep -q 'Non-2xx' <<<"$out" || [ $((c1 - c0)) -lt "$n" ] || [ $((c1 - c0)) -gt $((n + CONNS)) ]; then
@@ -191,7 +193,7 @@ done
 median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 echo
 echo "HTTP/1.1 keep-alive, wrk -t1 -c$CONNS, ${SECS}s x $ROUNDS rounds (medians); servers on CPU $CPU, one worker each"
-printf '%-8s %10s %10s %10s %12s %s\n' target rps p50 p99 rss_MB check
+printf '%-8s %10s %10s %10s %12s %s\n' target rps p50_us p99_us rss_MB check
 for t in direct nginx gateway; do
   case $t in
     nginx) rss=$(( $(rss_kb "$NGINX_PID") )) ;;
