@@ -138,7 +138,7 @@ impl Sidecar {
             );
         }
         let mut metrics = Metrics::default();
-        let gateway_metrics = GatewayMetrics::register(metrics.registry_mut());
+        let gateway_metrics = config.gateway.is_some().then(|| GatewayMetrics::register(metrics.registry_mut()));
         let metrics = Arc::new(metrics);
         let (creds, identity_task) =
             identity::spawn(IdentityConfig::new(config.control_addr.clone(), config.bootstrap_token.clone()))
@@ -195,7 +195,7 @@ impl Sidecar {
         ));
         let mut servers = JoinSet::new();
         let mut gateway_routes = None;
-        if let (Some(l), Some((g, routes, tls))) = (gateway_l, gateway_data) {
+        if let (Some(l), Some((g, routes, tls)), Some(gateway_metrics)) = (gateway_l, gateway_data, gateway_metrics) {
             gateway_routes = Some(routes.clone());
             let gw = Arc::new(Gateway {
                 routes,
