@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 
 use crate::sidecar::config::Config;
 use crate::sidecar::discovery::Discovery;
+use crate::sidecar::gateway::route::RouteTable;
 use crate::sidecar::health::AppHealth;
 use crate::sidecar::identity::CredentialsRx;
 use crate::sidecar::metrics::{Metrics, UpstreamState};
@@ -35,6 +36,8 @@ pub struct Admin {
     pub draining: tokio::sync::watch::Receiver<bool>,
     /// The policy in force.
     pub policy: Arc<crate::sidecar::policy::Policy>,
+    /// The gateway's route table (gateway mode only): `/admin/routes`, `/admin/services`.
+    pub routes: Option<Arc<arc_swap::ArcSwap<RouteTable>>>,
 }
 
 impl Admin {
@@ -118,6 +121,46 @@ impl Admin {
                         u.service.clone(),
                         serde_json::json!({ "in_flight": u.limit.in_flight(), "endpoints": eps }),
                     );
+                }
+                text(StatusCode::OK, format!("{:#}\n", serde_json::Value::Object(out)), "application/json")
+            }
+            "/admin/routes" if self.routes.is_some() => {
+                let table = self.routes.as_ref().map(|r| r.load_full()).unwrap_or_default();
+                text(
+                    StatusCode::OK,
+                    format!("{:#}\n", crate::sidecar::gateway::routes_json(&table)),
+                    "application/json",
+                )
+            }
+            "/admin/services" if self.routes.is_some() => {
+                // Every service the routes name, with what discovery knows of it.
+                let table = self.routes.as_ref().map(|r| r.load_full()).unwrap_or_default();
+                let mut out = serde_json::Map::new();
+                for r in &table.routes {
+                    let entry = out.entry(r.service.clone()).or_insert_with(|| {
+                        let known = self.discovery.upstreams().into_iter().find(|u| u.service == r.service);
+                        let (endpoints, available, in_flight) = match &known {
+                            Some(u) => {
+                                let set = u.set.load();
+                                let n = set.balancer.endpoints().len();
+                                let ok = (0..n)
+                                    .filter(|i| {
+                                        set.outliers
+                                            .is_available(crate::sidecar::outbound::balance::EndpointIdx::new(*i))
+                                    })
+                                    .count();
+                                (n, ok, u.limit.in_flight())
+                            }
+                            None => (0, 0, 0),
+                        };
+                        serde_json::json!({
+                            "known": known.is_some(), "endpoints": endpoints, "available": available,
+                            "in_flight": in_flight, "routes": [],
+                        })
+                    });
+                    if let Some(list) = entry.get_mut("routes").and_then(|v| v.as_array_mut()) {
+                        list.push(serde_json::Value::String(r.name.clone()));
+                    }
                 }
                 text(StatusCode::OK, format!("{:#}\n", serde_json::Value::Object(out)), "application/json")
             }

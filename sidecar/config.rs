@@ -129,6 +129,48 @@ pub struct Settings {
     /// Both sides must agree; a warning is logged at start [default: false]
     #[arg(long, env = "REDFIRE_DEV_PLAINTEXT", num_args = 0..=1, default_missing_value = "true")]
     pub dev_plaintext: Option<String>,
+    /// Instance metadata in the registry, `key=value,...` (routes select subsets on it, e.g. `version=2`) [default: none]
+    #[arg(long, env = "REDFIRE_METADATA")]
+    pub metadata: Option<String>,
+    /// `sidecar` (beside an app) or `gateway` (external ingress, a mesh client with its own identity) [default: sidecar]
+    #[arg(long, env = "REDFIRE_MODE")]
+    pub mode: Option<String>,
+    /// Gateway: ingress listen address (HTTP/1.1 + HTTP/2, h2c or TLS) [default: 0.0.0.0:8000]
+    #[arg(long, env = "REDFIRE_GATEWAY_ADDR")]
+    pub gateway_addr: Option<String>,
+    /// Gateway: TOML routes file, reloaded when it changes [required in gateway mode]
+    #[arg(long, env = "REDFIRE_ROUTES")]
+    pub routes: Option<String>,
+    /// Gateway: PEM certificate chain for TLS on the ingress, reloaded when it changes [default: none, h2c]
+    #[arg(long, env = "REDFIRE_GATEWAY_TLS_CERT")]
+    pub gateway_tls_cert: Option<String>,
+    /// Gateway: PEM private key matching gateway_tls_cert [default: none]
+    #[arg(long, env = "REDFIRE_GATEWAY_TLS_KEY")]
+    pub gateway_tls_key: Option<String>,
+    /// Gateway: open client connections; more are closed at accept [default: 10000]
+    #[arg(long, env = "REDFIRE_GATEWAY_MAX_CONNECTIONS")]
+    pub gateway_max_connections: Option<String>,
+    /// Gateway: request headers per request; more get 431 (HTTP/1.1) or a reset (HTTP/2) [default: 100]
+    #[arg(long, env = "REDFIRE_GATEWAY_MAX_HEADERS")]
+    pub gateway_max_headers: Option<String>,
+    /// Gateway: bytes of request headers (HTTP/2 header list size; HTTP/1.1 head) [default: 16384]
+    #[arg(long, env = "REDFIRE_GATEWAY_MAX_HEADER_BYTES")]
+    pub gateway_max_header_bytes: Option<String>,
+    /// Gateway: concurrent HTTP/2 streams per client connection; more are refused [default: 100]
+    #[arg(long, env = "REDFIRE_GATEWAY_MAX_CONCURRENT_STREAMS")]
+    pub gateway_max_concurrent_streams: Option<String>,
+    /// Gateway: time to receive a request head (and a TLS handshake) [default: 10s]
+    #[arg(long, env = "REDFIRE_GATEWAY_HEADER_READ_TIMEOUT")]
+    pub gateway_header_read_timeout: Option<String>,
+    /// Gateway: a client connection with no bytes either way for this long is closed [default: 60s]
+    #[arg(long, env = "REDFIRE_GATEWAY_IDLE_TIMEOUT")]
+    pub gateway_idle_timeout: Option<String>,
+    /// Gateway: proxies in front of the gateway whose X-Forwarded-For entries are trusted [default: 0]
+    #[arg(long, env = "REDFIRE_GATEWAY_TRUSTED_HOPS")]
+    pub gateway_trusted_hops: Option<String>,
+    /// Gateway: browser origins allowed by CORS (gRPC-Web), comma-separated, or `*` [default: none]
+    #[arg(long, env = "REDFIRE_GATEWAY_CORS_ORIGINS")]
+    pub gateway_cors_origins: Option<String>,
     /// Log format: human or json [default: human]
     #[arg(long, env = "REDFIRE_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -157,9 +199,51 @@ pub struct Balancing {
     pub hash_header: HeaderName,
 }
 
+/// How the sidecar runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Beside an app: inbound mTLS listener, outbound listeners, registration.
+    Sidecar,
+    /// External ingress: the gateway listener and the outbound path, no app.
+    Gateway,
+}
+
+/// Validated gateway settings (see the flags for their meaning).
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Ingress listen address.
+    pub addr: SocketAddr,
+    /// Routes file.
+    pub routes: PathBuf,
+    /// TLS certificate and key files, when TLS is on.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Open connections at most.
+    pub max_connections: usize,
+    /// Headers per request at most.
+    pub max_headers: usize,
+    /// Header bytes per request at most.
+    pub max_header_bytes: u32,
+    /// HTTP/2 streams per connection at most.
+    pub max_concurrent_streams: u32,
+    /// Request-head read timeout.
+    pub header_read_timeout: Duration,
+    /// Idle connection timeout.
+    pub idle_timeout: Duration,
+    /// Trusted proxies in front.
+    pub trusted_hops: usize,
+    /// CORS origins (`*` allows any).
+    pub cors_origins: Vec<String>,
+}
+
 /// Validated settings.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Sidecar or gateway.
+    pub mode: Mode,
+    /// Gateway settings (gateway mode only).
+    pub gateway: Option<GatewayConfig>,
+    /// Extra instance metadata registered with the instance.
+    pub metadata: Vec<(String, String)>,
     /// Control's gRPC URI.
     pub control_addr: String,
     /// Own service.
@@ -255,6 +339,20 @@ impl Settings {
             stream_idle_timeout,
             worker_threads,
             dev_plaintext,
+            metadata,
+            mode,
+            gateway_addr,
+            routes,
+            gateway_tls_cert,
+            gateway_tls_key,
+            gateway_max_connections,
+            gateway_max_headers,
+            gateway_max_header_bytes,
+            gateway_max_concurrent_streams,
+            gateway_header_read_timeout,
+            gateway_idle_timeout,
+            gateway_trusted_hops,
+            gateway_cors_origins,
             log_format,
             log_level
         )
@@ -274,6 +372,15 @@ impl Config {
 
     /// Validates raw settings, filling defaults.
     pub fn from_settings(s: Settings) -> Result<Config, ConfigError> {
+        let mode = match s.mode.as_deref().unwrap_or("sidecar") {
+            "sidecar" => Mode::Sidecar,
+            "gateway" => Mode::Gateway,
+            other => return Err(err("mode", format!("{other:?} is not one of sidecar, gateway"))),
+        };
+        let gateway = match mode {
+            Mode::Gateway => Some(gateway_config(&s)?),
+            Mode::Sidecar => None,
+        };
         let service = s.service.ok_or_else(|| err("service", "missing: the service this sidecar stands beside"))?;
         validate_service_name(&service).map_err(|e| err("service", e.trim_start_matches("service: ")))?;
         let namespace = s.namespace.unwrap_or_else(|| "default".into());
@@ -354,8 +461,25 @@ impl Config {
             Ok(n) if n > 0 => n,
             _ => return Err(err("max_in_flight", format!("{max_in_flight:?} is not a number above 0"))),
         };
-        let (log_format, log_level) = log_settings(s.log_format, s.log_level)?;
+        let (log_format, log_level) = log_settings(s.log_format.clone(), s.log_level.clone())?;
+        let mut metadata = Vec::new();
+        for entry in s.metadata.as_deref().unwrap_or("").split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            match entry.split_once('=') {
+                Some((k, v)) if !k.trim().is_empty() && k.trim() != "namespace" => {
+                    metadata.push((k.trim().to_string(), v.trim().to_string()))
+                }
+                _ => {
+                    return Err(err(
+                        "metadata",
+                        format!("{entry:?} is not key=value (namespace is set by --namespace)"),
+                    ));
+                }
+            }
+        }
         Ok(Config {
+            mode,
+            gateway,
+            metadata,
             control_addr,
             instance_id: s.instance_id.unwrap_or_else(|| format!("{service}-{}", std::process::id())),
             service,
@@ -445,6 +569,20 @@ fn threshold(key: &str, v: Option<String>, default: u32) -> Result<u32, ConfigEr
     }
 }
 
+fn number<T: std::str::FromStr + PartialOrd + From<u8>>(
+    key: &str,
+    v: Option<&String>,
+    default: T,
+) -> Result<T, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(v) => match v.parse::<T>() {
+            Ok(n) if n >= T::from(1) => Ok(n),
+            _ => Err(err(key, format!("{v:?} is not a number above 0"))),
+        },
+    }
+}
+
 fn policy(key: &str, name: &str) -> Result<Policy, ConfigError> {
     Ok(match name {
         "round_robin" => Policy::RoundRobin,
@@ -468,6 +606,56 @@ fn header_name(key: &str, name: &str) -> Result<HeaderName, ConfigError> {
     // Header names are matched lowercase (HTTP/2 requires it).
     HeaderName::from_bytes(name.trim().to_ascii_lowercase().as_bytes())
         .map_err(|_| err(key, format!("{name:?} is not an HTTP header name")))
+}
+
+fn gateway_config(s: &Settings) -> Result<GatewayConfig, ConfigError> {
+    let routes = s
+        .routes
+        .clone()
+        .filter(|r| !r.is_empty())
+        .ok_or_else(|| err("routes", "missing: gateway mode needs a routes file"))?;
+    let tls = match (&s.gateway_tls_cert, &s.gateway_tls_key) {
+        (None, None) => None,
+        (Some(c), Some(k)) => Some((PathBuf::from(c), PathBuf::from(k))),
+        (Some(_), None) => return Err(err("gateway_tls_key", "missing: gateway_tls_cert is set")),
+        (None, Some(_)) => return Err(err("gateway_tls_cert", "missing: gateway_tls_key is set")),
+    };
+    let trusted_hops = match s.gateway_trusted_hops.as_deref().unwrap_or("0").parse::<usize>() {
+        Ok(n) if n <= 16 => n,
+        _ => return Err(err("gateway_trusted_hops", "not a number in 0..=16")),
+    };
+    let nonzero = |key: &str, d: Duration| if d.is_zero() { Err(err(key, "must be above 0")) } else { Ok(d) };
+    Ok(GatewayConfig {
+        addr: addr("gateway_addr", s.gateway_addr.clone(), "0.0.0.0:8000")?,
+        routes: PathBuf::from(routes),
+        tls,
+        max_connections: number("gateway_max_connections", s.gateway_max_connections.as_ref(), 10_000usize)?,
+        max_headers: number("gateway_max_headers", s.gateway_max_headers.as_ref(), 100usize)?,
+        max_header_bytes: number("gateway_max_header_bytes", s.gateway_max_header_bytes.as_ref(), 16_384u32)?,
+        max_concurrent_streams: number(
+            "gateway_max_concurrent_streams",
+            s.gateway_max_concurrent_streams.as_ref(),
+            100u32,
+        )?,
+        header_read_timeout: nonzero(
+            "gateway_header_read_timeout",
+            duration("gateway_header_read_timeout", s.gateway_header_read_timeout.clone(), "10s")?,
+        )?,
+        idle_timeout: nonzero(
+            "gateway_idle_timeout",
+            duration("gateway_idle_timeout", s.gateway_idle_timeout.clone(), "60s")?,
+        )?,
+        trusted_hops,
+        cors_origins: s
+            .gateway_cors_origins
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+            .map(String::from)
+            .collect(),
+    })
 }
 
 #[cfg(test)]
@@ -553,6 +741,27 @@ mod tests {
             (Settings { app_health_timeout: Some("soon".into()), ..base() }, "app_health_timeout"),
             (Settings { app_health_unhealthy_threshold: Some("0".into()), ..base() }, "app_health_unhealthy_threshold"),
             (Settings { app_health_healthy_threshold: Some("x".into()), ..base() }, "app_health_healthy_threshold"),
+            (Settings { mode: Some("edge".into()), ..base() }, "mode"),
+            (Settings { mode: Some("gateway".into()), ..base() }, "routes"),
+            (Settings { metadata: Some("version".into()), ..base() }, "metadata"),
+            (
+                Settings {
+                    mode: Some("gateway".into()),
+                    routes: Some("r.toml".into()),
+                    gateway_max_headers: Some("0".into()),
+                    ..base()
+                },
+                "gateway_max_headers",
+            ),
+            (
+                Settings {
+                    mode: Some("gateway".into()),
+                    routes: Some("r.toml".into()),
+                    gateway_tls_cert: Some("c.pem".into()),
+                    ..base()
+                },
+                "gateway_tls_key",
+            ),
         ];
         for (s, key) in cases {
             let e = Config::from_settings(s).unwrap_err();

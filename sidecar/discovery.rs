@@ -40,14 +40,31 @@ pub struct EndpointSet {
     pub outliers: OutlierDetector,
     /// The SPIFFE ID each endpoint must present, by endpoint index.
     pub identities: Vec<String>,
+    /// Each endpoint's instance metadata, by endpoint index (route subsets
+    /// such as `version=2` select on it).
+    pub metadata: Vec<BTreeMap<String, String>>,
     /// Each endpoint's pooled connection, looked up on first use.
     conns: Vec<OnceLock<Arc<Slot>>>,
 }
 
 impl EndpointSet {
-    fn new(balancer: Balancer, outliers: OutlierDetector, identities: Vec<String>) -> Self {
+    fn new(
+        balancer: Balancer,
+        outliers: OutlierDetector,
+        identities: Vec<String>,
+        metadata: Vec<BTreeMap<String, String>>,
+    ) -> Self {
         let conns = (0..identities.len()).map(|_| OnceLock::new()).collect();
-        EndpointSet { balancer, outliers, identities, conns }
+        EndpointSet { balancer, outliers, identities, metadata, conns }
+    }
+
+    /// True when the endpoint at `idx` belongs to `subset` (metadata
+    /// key = value), or when there is no subset.
+    pub fn in_subset(&self, idx: EndpointIdx, subset: Option<&(String, String)>) -> bool {
+        match subset {
+            None => true,
+            Some((k, v)) => self.metadata.get(idx.index()).and_then(|m| m.get(k)).is_some_and(|x| x == v),
+        }
     }
 
     /// The connection slot of the endpoint at `idx`, from `pool`.
@@ -164,10 +181,12 @@ impl Discovery {
     fn install(&self, service: &str, instances: &BTreeMap<String, Instance>) {
         let mut endpoints = Vec::new();
         let mut identities = Vec::new();
+        let mut metadata = Vec::new();
         for i in instances.values() {
             if let Some(ep) = Endpoint::from_instance(i) {
                 let ns = i.metadata.get("namespace").map(String::as_str).unwrap_or("default");
                 identities.push(spiffe_id(&self.trust_domain, ns, &i.service));
+                metadata.push(i.metadata.clone());
                 endpoints.push(ep);
             }
         }
@@ -185,6 +204,7 @@ impl Discovery {
                     old.balancer.update_with_zone_registered(endpoints.clone(), zone_registered),
                     old.outliers.update(&endpoints),
                     identities,
+                    metadata,
                 );
                 u.set.store(Arc::new(next));
             }
@@ -197,6 +217,7 @@ impl Discovery {
                     Balancer::with_zone_registered(endpoints, config, zone_registered),
                     outliers,
                     identities,
+                    metadata,
                 );
                 map.insert(
                     service.to_string(),

@@ -401,6 +401,12 @@ impl Metrics {
         self.authz_denials.get_or_create(&PolicyLabels { service: service.to_string(), reason }).inc();
     }
 
+    /// The registry, for metrics of other parts (the gateway) to join
+    /// before the sidecar starts serving.
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
     /// Prometheus text.
     pub fn render(&self) -> String {
         let mut out = String::new();

@@ -10,13 +10,15 @@
 //!   them and each decision can be tested on its own with paused time;
 //! - [`policy`] — service authorization, JWT and RBAC enforced at inbound,
 //!   Watched from control;
-//! - [`transport`] — mTLS between sidecars (TLS 1.3, SPIFFE identities).
+//! - [`transport`] — mTLS between sidecars (TLS 1.3, SPIFFE identities);
+//! - [`gateway`] — gateway mode: the external ingress with its route table.
 
 pub mod admin;
 pub mod body;
 pub mod config;
 pub mod discovery;
 pub mod errors;
+pub mod gateway;
 pub mod health;
 pub mod identity;
 pub mod inbound;

@@ -2,6 +2,10 @@
 //! registration (reporting health), the outbound listeners, the inbound mTLS listener, the admin port and the
 //! drain sequence (SIGTERM: report DRAINING, stop accepting, let in-flight
 //! requests finish within the grace period, deregister, exit 0).
+//!
+//! In gateway mode ([`crate::sidecar::gateway`]) the same identity,
+//! discovery and outbound path serve the gateway listener instead: no app,
+//! so no inbound listener, no outbound listeners and no registration.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -21,8 +25,9 @@ use crate::control::shutdown::Drain;
 use crate::proto::registry::v1 as pb;
 use crate::proto::registry::v1::registry_client::RegistryClient;
 use crate::sidecar::admin::{self, Admin};
-use crate::sidecar::config::Config;
+use crate::sidecar::config::{Config, Mode};
 use crate::sidecar::discovery::Discovery;
+use crate::sidecar::gateway::{self, cors::Cors, forward::Gateway, metrics::GatewayMetrics};
 use crate::sidecar::health::{self, AppHealth};
 use crate::sidecar::identity::{self, CredentialsRx, IdentityConfig};
 use crate::sidecar::inbound::Inbound;
@@ -54,12 +59,14 @@ pub enum SidecarError {
 /// A running sidecar.
 #[derive(Debug)]
 pub struct Sidecar {
-    /// The shared outbound listener.
+    /// The shared outbound listener (gateway mode: `0.0.0.0:0`, not bound).
     pub outbound_addr: SocketAddr,
-    /// The per-upstream listeners, in config order.
+    /// The per-upstream listeners, in config order (none in gateway mode).
     pub upstream_addrs: Vec<(String, SocketAddr)>,
-    /// The inbound mTLS listener.
+    /// The inbound mTLS listener (gateway mode: `0.0.0.0:0`, not bound).
     pub inbound_addr: SocketAddr,
+    /// The gateway ingress listener (gateway mode only).
+    pub gateway_addr: Option<SocketAddr>,
     /// The admin port.
     pub admin_addr: SocketAddr,
     drain: Drain,
@@ -77,16 +84,53 @@ fn local(l: &TcpListener) -> Result<SocketAddr, SidecarError> {
 impl Sidecar {
     /// Binds every listener (port 0 picks free ones) and starts.
     pub async fn start(config: Config) -> Result<Sidecar, SidecarError> {
-        let outbound_l = bind("outbound_addr", config.outbound_addr).await?;
-        let inbound_l = bind("inbound_addr", config.inbound_addr).await?;
+        let sidecar_mode = config.mode == Mode::Sidecar;
+        let (outbound_l, inbound_l) = if sidecar_mode {
+            (
+                Some(bind("outbound_addr", config.outbound_addr).await?),
+                Some(bind("inbound_addr", config.inbound_addr).await?),
+            )
+        } else {
+            (None, None)
+        };
+        let gateway_l = match &config.gateway {
+            Some(g) => Some(bind("gateway_addr", g.addr).await?),
+            None => None,
+        };
         let admin_l = bind("admin_addr", config.admin_addr).await?;
         let mut upstream_ls = Vec::new();
-        for (service, addr) in &config.upstreams {
-            upstream_ls.push((service.clone(), bind(&format!("upstreams ({service})"), *addr).await?));
+        if sidecar_mode {
+            for (service, addr) in &config.upstreams {
+                upstream_ls.push((service.clone(), bind(&format!("upstreams ({service})"), *addr).await?));
+            }
         }
-        let (outbound_addr, inbound_addr, admin_addr) = (local(&outbound_l)?, local(&inbound_l)?, local(&admin_l)?);
+        let unbound = SocketAddr::from(([0, 0, 0, 0], 0));
+        let bound = |l: &Option<TcpListener>| l.as_ref().map(local).transpose();
+        let outbound_addr = bound(&outbound_l)?.unwrap_or(unbound);
+        let inbound_addr = bound(&inbound_l)?.unwrap_or(unbound);
+        let gateway_addr = bound(&gateway_l)?;
+        let admin_addr = local(&admin_l)?;
         let upstream_addrs =
             upstream_ls.iter().map(|(s, l)| Ok((s.clone(), local(l)?))).collect::<Result<Vec<_>, SidecarError>>()?;
+        // Gateway: routes and TLS load now, so a bad file fails the start.
+        let mut data_tasks = Vec::new();
+        let gateway_data = match &config.gateway {
+            Some(g) => {
+                let (routes, task) = gateway::watch_routes(g.routes.clone()).map_err(SidecarError::Start)?;
+                data_tasks.push(task);
+                let tls = match &g.tls {
+                    Some((cert, key)) => {
+                        let (tls, task) =
+                            gateway::tls::watch(cert.clone(), key.clone()).map_err(SidecarError::Start)?;
+                        data_tasks.push(task);
+                        Some(tls)
+                    }
+                    None => None,
+                };
+                Some((g.clone(), routes, tls))
+            }
+            None => None,
+        };
 
         if config.dev_plaintext {
             tracing::warn!(
@@ -94,7 +138,9 @@ impl Sidecar {
                  authenticated; for development only, never in production"
             );
         }
-        let metrics = Arc::new(Metrics::default());
+        let mut metrics = Metrics::default();
+        let gateway_metrics = config.gateway.is_some().then(|| GatewayMetrics::register(metrics.registry_mut()));
+        let metrics = Arc::new(metrics);
         let (creds, identity_task) =
             identity::spawn(IdentityConfig::new(config.control_addr.clone(), config.bootstrap_token.clone()))
                 .map_err(|e| SidecarError::Start(e.to_string()))?;
@@ -118,7 +164,7 @@ impl Sidecar {
                 .timeout(Duration::from_secs(5))
                 .connect_lazy(),
         );
-        let mut metadata = std::collections::HashMap::new();
+        let mut metadata: std::collections::HashMap<_, _> = config.metadata.iter().cloned().collect();
         metadata.insert("namespace".to_string(), config.namespace.clone());
         let instance = pb::Instance {
             service: config.service.clone(),
@@ -133,7 +179,11 @@ impl Sidecar {
             health::spawn(&config.app_health, config.app_addr, config.app_protocol).map_err(SidecarError::Start)?;
         let (serving_tx, serving) = watch::channel(false);
         let serving_task = tokio::spawn(follow_serving(creds.clone(), app_health.clone(), serving_tx));
-        let registration = tokio::spawn(registration::run(registry, instance, serving, drain.subscribe(), finished_rx));
+        let registration = if sidecar_mode {
+            tokio::spawn(registration::run(registry, instance, serving, drain.subscribe(), finished_rx))
+        } else {
+            tokio::spawn(async {})
+        };
 
         let outbound = Arc::new(Outbound::new(
             discovery.clone(),
@@ -150,6 +200,20 @@ impl Sidecar {
             metrics.clone(),
             policy.clone(),
         ));
+        let mut servers = JoinSet::new();
+        let mut gateway_routes = None;
+        if let (Some(l), Some((g, routes, tls)), Some(gateway_metrics)) = (gateway_l, gateway_data, gateway_metrics) {
+            gateway_routes = Some(routes.clone());
+            let gw = Arc::new(Gateway {
+                routes,
+                outbound: outbound.clone(),
+                metrics: gateway_metrics,
+                cors: Cors::new(g.cors_origins.clone()),
+                trusted_hops: g.trusted_hops,
+                max_headers: g.max_headers,
+            });
+            servers.spawn(gateway::listener::serve(l, gw, g, tls, drain.clone()));
+        }
         let admin = Arc::new(Admin {
             config: config.clone(),
             metrics: metrics.clone(),
@@ -158,14 +222,17 @@ impl Sidecar {
             app_health,
             draining: drain.subscribe(),
             policy,
+            routes: gateway_routes,
         });
-
-        let mut servers = JoinSet::new();
-        servers.spawn(serve_outbound(outbound_l, outbound.clone(), None, metrics.clone(), drain.clone()));
+        if let Some(l) = outbound_l {
+            servers.spawn(serve_outbound(l, outbound.clone(), None, metrics.clone(), drain.clone()));
+        }
         for (service, l) in upstream_ls {
             servers.spawn(serve_outbound(l, outbound.clone(), Some(service), metrics.clone(), drain.clone()));
         }
-        servers.spawn(inbound.serve(inbound_l, drain.clone()));
+        if let Some(l) = inbound_l {
+            servers.spawn(inbound.serve(l, drain.clone()));
+        }
         let admin_stop = Drain::default();
         let admin_task = tokio::spawn(admin::serve(admin_l, admin, started(admin_stop.clone())));
 
@@ -179,8 +246,10 @@ impl Sidecar {
                 let _ = tokio::time::timeout(grace, async { while servers.join_next().await.is_some() {} }).await;
                 finished_tx.send_replace(true);
                 let _ = tokio::time::timeout(Duration::from_secs(2), registration).await;
-                for t in
-                    [identity_task, discovery_task, tls_task, serving_task, policy_task].into_iter().chain(health_task)
+                for t in [identity_task, discovery_task, tls_task, serving_task, policy_task]
+                    .into_iter()
+                    .chain(health_task)
+                    .chain(data_tasks)
                 {
                     t.abort();
                 }
@@ -189,8 +258,13 @@ impl Sidecar {
                 tracing::info!("stopped");
             }
         });
-        tracing::info!(%outbound_addr, %inbound_addr, %admin_addr, service = %config.service, "redfire-sidecar serving");
-        Ok(Sidecar { outbound_addr, upstream_addrs, inbound_addr, admin_addr, drain, task })
+        match gateway_addr {
+            Some(g) => tracing::info!(gateway_addr = %g, %admin_addr, "redfire-sidecar serving as gateway"),
+            None => {
+                tracing::info!(%outbound_addr, %inbound_addr, %admin_addr, service = %config.service, "redfire-sidecar serving")
+            }
+        }
+        Ok(Sidecar { outbound_addr, upstream_addrs, inbound_addr, gateway_addr, admin_addr, drain, task })
     }
 
     /// Starts draining (as SIGTERM does).

@@ -39,6 +39,22 @@ pub const HTTP1_MARK: &str = "x-redfire-http1";
 const HOP_BY_HOP: &[&str] =
     &["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "proxy-authenticate"];
 
+/// Per-request overrides a caller with routing of its own (the gateway's
+/// route table) passes to [`Outbound::handle_with`]. The default is what the
+/// plain sidecar listeners use: no subset, the caller's `grpc-timeout` only,
+/// the default retry policy.
+#[derive(Clone, Debug, Default)]
+pub struct Target {
+    /// Only endpoints whose instance metadata has this key = value
+    /// (e.g. `version` = `2`).
+    pub subset: Option<(String, String)>,
+    /// A total timeout for the request; the earlier of it and the caller's
+    /// `grpc-timeout` applies (and is forwarded as `grpc-timeout`).
+    pub timeout: Option<Duration>,
+    /// Retry policy instead of the default one.
+    pub retry: Option<RetryPolicy>,
+}
+
 /// See the module docs.
 #[derive(Debug)]
 pub struct Outbound {
@@ -66,7 +82,16 @@ impl Outbound {
 
     /// Handles one request from the app. `service` is fixed on per-upstream
     /// listeners and `None` on the shared one.
-    pub async fn handle(&self, service: Option<&str>, mut req: Request<Incoming>) -> Response<Body> {
+    pub async fn handle(&self, service: Option<&str>, req: Request<Incoming>) -> Response<Body> {
+        self.handle_with(service, req, &Target::default()).await
+    }
+
+    /// [`Outbound::handle`] for any request body, with per-request overrides.
+    pub async fn handle_with<B>(&self, service: Option<&str>, mut req: Request<B>, target: &Target) -> Response<Body>
+    where
+        B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<crate::sidecar::BoxError>,
+    {
         let started = Instant::now();
         let grpc = is_grpc(req.headers());
         let named;
@@ -83,10 +108,10 @@ impl Outbound {
         }
         let upgrade = if req.version() < Version::HTTP_2 { upgrade::requested(req.headers()) } else { None };
         let resp = match (service, upgrade) {
-            (Some(s), Some(protocol)) => {
-                Box::pin(self.upgrade(s, req, protocol)).await.unwrap_or_else(|e| e.respond(grpc))
-            }
-            (Some(s), None) => self.forward(s, req, started).await.unwrap_or_else(|e| e.respond(grpc)),
+            (Some(s), Some(protocol)) => Box::pin(self.upgrade(s, req, protocol, target.subset.as_ref()))
+                .await
+                .unwrap_or_else(|e| e.respond(grpc)),
+            (Some(s), None) => self.forward(s, req, started, target).await.unwrap_or_else(|e| e.respond(grpc)),
             (None, _) => ProxyError::NoService.respond(grpc),
         };
         let resp = self.metrics.observe("outbound", service.unwrap_or_default(), resp, started.elapsed());
@@ -96,15 +121,25 @@ impl Outbound {
         resp
     }
 
-    async fn forward(
+    async fn forward<B>(
         &self,
         service: &str,
-        req: Request<Incoming>,
+        req: Request<B>,
         started: Instant,
-    ) -> Result<Response<Body>, ProxyError> {
+        target: &Target,
+    ) -> Result<Response<Body>, ProxyError>
+    where
+        B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<crate::sidecar::BoxError>,
+    {
         let upstream = self.discovery.upstream(service).await.map_err(|e| ProxyError::UnknownService(e.to_string()))?;
         let in_flight = upstream.limit.try_acquire().map_err(|e| ProxyError::LimitReached(e.to_string()))?;
-        let deadline = grpc_timeout(req.headers()).map(|t| started + t);
+        let deadline = match (grpc_timeout(req.headers()), target.timeout) {
+            (Some(a), Some(b)) => Some(started + a.min(b)),
+            (a, b) => a.or(b).map(|t| started + t),
+        };
+        let retry = target.retry.unwrap_or(self.retry);
+        let subset = target.subset.as_ref();
         let (parts, body) = req.into_parts();
         let replay = Replay::new(NonEmpty(body.map_err(Into::into).boxed_unsync()).boxed_unsync());
         upstream.budget.deposit();
@@ -112,11 +147,12 @@ impl Outbound {
         let mut tried = Vec::new();
         loop {
             attempts += 1;
-            let (result, outcome) =
-                self.attempt(service, &upstream, &parts, replay.attempt(), deadline, &mut tried).await;
+            let (result, outcome) = self
+                .attempt(service, &upstream, &parts, replay.attempt(), Limits { deadline, subset }, &mut tried)
+                .await;
             let Some(outcome) = outcome else { return result.map(|r| self.guard(r, in_flight)) };
             let request = RetryRequest::new(&parts.method, replay.replayable(), attempts);
-            if self.retry.decide(&request, &outcome) != Decision::Retry {
+            if retry.decide(&request, &outcome) != Decision::Retry {
                 return result.map(|r| self.guard(r, in_flight));
             }
             if !upstream.budget.try_withdraw() {
@@ -134,17 +170,18 @@ impl Outbound {
 
     /// An HTTP/1.1 `Upgrade` (e.g. WebSocket) through the mesh: one HTTP/2
     /// stream to the peer carries the tunnel (see [`upgrade`]); never retried.
-    async fn upgrade(
+    async fn upgrade<B>(
         &self,
         service: &str,
-        mut req: Request<Incoming>,
+        mut req: Request<B>,
         protocol: HeaderValue,
+        subset: Option<&(String, String)>,
     ) -> Result<Response<Body>, ProxyError> {
         let on_upgrade = hyper::upgrade::on(&mut req);
         let upstream = self.discovery.upstream(service).await.map_err(|e| ProxyError::UnknownService(e.to_string()))?;
         let in_flight = upstream.limit.try_acquire().map_err(|e| ProxyError::LimitReached(e.to_string()))?;
         let set = upstream.set.load_full();
-        let available = |i| set.outliers.is_available(i);
+        let available = |i| set.outliers.is_available(i) && set.in_subset(i, subset);
         let idx = set.balancer.pick(&PickContext::new().with_filter(&available));
         let Some(slot) = idx.and_then(|idx| set.conn(idx, &self.pool)) else {
             return Err(ProxyError::NoEndpoints(service.to_string()));
@@ -185,11 +222,12 @@ impl Outbound {
         upstream: &Upstream,
         parts: &http::request::Parts,
         body: ReplayBody,
-        deadline: Option<Instant>,
+        limits: Limits<'_>,
         tried: &mut Vec<String>,
     ) -> (Result<Response<Incoming>, ProxyError>, Option<Outcome>) {
+        let Limits { deadline, subset } = limits;
         let set = upstream.set.load_full();
-        let available = |i| set.outliers.is_available(i);
+        let available = |i| set.outliers.is_available(i) && set.in_subset(i, subset);
         // Hash policies route by the configured header's value (borrowed, no copy).
         let key = upstream.hash_header.as_ref().and_then(|h| parts.headers.get(h)).map(HeaderValue::as_bytes);
         let idx = {
@@ -199,9 +237,8 @@ impl Outbound {
             } else {
                 // Endpoints already tried for this request are skipped unless
                 // nothing else is available.
-                let fresh = |i: EndpointIdx| {
-                    set.outliers.is_available(i) && set.balancer.endpoint(i).is_some_and(|e| !tried.contains(&e.id))
-                };
+                let fresh =
+                    |i: EndpointIdx| available(i) && set.balancer.endpoint(i).is_some_and(|e| !tried.contains(&e.id));
                 set.balancer.pick(&ctx.with_filter(&fresh)).or_else(|| set.balancer.pick(&ctx.with_filter(&available)))
             }
         };
@@ -253,6 +290,13 @@ impl Outbound {
             Guarded { inner, _in_flight: in_flight, idle: self.stream_idle_timeout, timer: None }.boxed_unsync()
         })
     }
+}
+
+/// What bounds one attempt: the request's deadline and the route's subset.
+#[derive(Clone, Copy)]
+struct Limits<'a> {
+    deadline: Option<Instant>,
+    subset: Option<&'a (String, String)>,
 }
 
 fn is_success(o: &Outcome) -> bool {
@@ -315,7 +359,7 @@ fn is_grpc(headers: &HeaderMap) -> bool {
 }
 
 /// The service named by `:authority` or `Host`, without a port.
-fn authority_service(req: &Request<Incoming>) -> Option<String> {
+fn authority_service<B>(req: &Request<B>) -> Option<String> {
     let host = req.uri().authority().map(|a| a.host().to_string()).or_else(|| {
         req.headers().get(header::HOST)?.to_str().ok().map(|h| h.split(':').next().unwrap_or(h).to_string())
     })?;

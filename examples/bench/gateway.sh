@@ -1,0 +1,206 @@
+#!/usr/bin/env bash
+# examples/bench/gateway.sh — HTTP/1.1 keep-alive through the RedFire gateway vs nginx as a plain
+# HTTP/1.1 reverse proxy, same run, same upstream (the echo backend of the rig in shared/peers).
+#
+# Run from the repository root:
+#
+#   bash examples/bench/gateway.sh                         # 3 rounds x 10 s per target
+#   BENCH_SECS=5 BENCH_ROUNDS=2 bash examples/bench/gateway.sh
+#
+# The rig's own nginx target speaks h2c only (gRPC), so there is no HTTP/1.1 nginx path in the
+# rig: this script renders its own one-worker nginx (HTTP/1.1 in, HTTP/1.1 keep-alive upstream
+# pool to the backend), pinned like the rig's peers. Targets, every server pinned to
+# PEERS_SERVER_CPUS with one worker, the load (wrk, -t1) on CPU 0:
+#   direct   the backend itself (HTTP/1.1)
+#   nginx    nginx 1.22 one hop: HTTP/1.1 -> HTTP/1.1 keep-alive -> backend
+#   gateway  redfire-sidecar --mode gateway -> HTTP/2 over mTLS -> redfire-sidecar (echo) ->
+#            HTTP/1.1 -> backend: two proxies, the path every request through the gateway takes
+#            (the gateway's CPU and the service sidecar's are both charged, both on the server CPU)
+# Per target: requests/s (median of rounds, order shuffled per round), p50/p99 latency from wrk
+# --latency (closed loop, BENCH_CONNS connections), non-2xx responses, and a check that the
+# backend's request counter grew by what wrk reports (else the row says INVALID).
+# No JWT: the policy layer is not in this branch (the issue's target is with JWT validation on).
+#
+# Uses the running rig when its backend answers, else runs the rig's setup.sh/start.sh and, at
+# the end, its stop.sh. Stops exactly the processes it started, by PID.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+PEERS_DIR=$(cd "${PEERS_DIR:-$REPO/../shared/peers}" && pwd) || { echo "rig not found (set PEERS_DIR)" >&2; exit 1; }
+BIN=${CARGO_TARGET_DIR:-$REPO/target}/release
+WORK=$(mktemp -d /tmp/redfire-gwbench.XXXXXX)
+SECS=${BENCH_SECS:-10}
+ROUNDS=${BENCH_ROUNDS:-3}
+CONNS=${BENCH_CONNS:-16}
+
+log() { printf '[gwbench] %s\n' "$*" >&2; }
+die() { printf '[gwbench] error: %s\n' "$*" >&2; exit 1; }
+starttime() { sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f20; }
+alive() { [ -e "/proc/$1" ] && ! grep -q '^State:.*[ZX]' "/proc/$1/status" 2>/dev/null; }
+rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+code() { curl -s --noproxy '*' --max-time 1 -o /dev/null -w '%{http_code}' "$1" 2>/dev/null || true; }
+is200() { [ "$(code "$1")" = 200 ]; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+OURS=()
+RIG_STARTED=false
+cleanup() {
+  local rc=$? entry pid st
+  trap - EXIT INT TERM
+  for entry in "${OURS[@]}"; do
+    IFS=: read -r pid st <<<"$entry"
+    if alive "$pid" && [ "$(starttime "$pid")" = "$st" ]; then kill -TERM "$pid" 2>/dev/null || true; fi
+  done
+  for entry in "${OURS[@]}"; do
+    IFS=: read -r pid st <<<"$entry"
+    for _ in $(seq 1 150); do alive "$pid" || break; sleep 0.1; done
+    if alive "$pid" && [ "$(starttime "$pid")" = "$st" ]; then kill -KILL "$pid" 2>/dev/null || true; fi
+    wait "$pid" 2>/dev/null || true
+  done
+  if $RIG_STARTED; then "$PEERS_DIR/stop.sh" || log "rig stop.sh failed"; fi
+  log "logs: $WORK"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+spawn() {   # spawn LOGFILE CMD...; sets PID
+  local logf=$1
+  shift
+  "$@" </dev/null >"$logf" 2>&1 &
+  PID=$!
+  OURS+=("$PID:$(starttime "$PID")")
+}
+wait_for() {   # wait_for WHAT CMD...: up to 30 s
+  local what=$1 i
+  shift
+  for i in $(seq 1 600); do "$@" && return 0; sleep 0.05; done
+  die "no $what after 30 s; logs in $WORK"
+}
+
+if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
+  log "cargo build --release --bins"
+  (cd "$REPO" && cargo build --release --bins -q)
+fi
+command -v wrk >/dev/null && command -v nginx >/dev/null || die "wrk and nginx are needed (the rig's setup.sh installs them)"
+
+RIG_ENV=${PEERS_HOME:-/tmp/redfire-peers}/run/rig.env
+if [ -s "$RIG_ENV" ] && . "$RIG_ENV" && [ "$(code "http://127.0.0.1:$BACKEND_PORT/__count")" = 200 ]; then
+  log "using the running rig (backend :$BACKEND_PORT)"
+else
+  log "rig: setup.sh, start.sh"
+  "$PEERS_DIR/setup.sh"
+  "$PEERS_DIR/start.sh"
+  RIG_STARTED=true
+  . "$RIG_ENV"
+fi
+CPU=${PEERS_SERVER_CPUS:-1}
+count() { curl -s --noproxy '*' --max-time 2 "http://127.0.0.1:$BACKEND_PORT/__count"; }
+
+# ---- control, the service sidecar, the gateway ----------------------------------------------
+CG=$(free_port); CA=$(free_port); IN=$(free_port); INA=$(free_port); INO=$(free_port)
+GW=$(free_port); GWA=$(free_port); NG=$(free_port)
+mkdir -p "$WORK/ca"
+spawn "$WORK/control.log" "$BIN/redfire-control" --grpc-addr "127.0.0.1:$CG" --admin-addr "127.0.0.1:$CA" \
+  --ca-dir "$WORK/ca" --log-level warn
+wait_for "control /ready" is200 "http://127.0.0.1:$CA/ready"
+tok() { "$BIN/redfire-control" --ca-dir "$WORK/ca" --log-level warn token create --service "$1"; }
+T_ECHO=$(tok echo); T_GW=$(tok gateway)
+spawn "$WORK/echo-sidecar.log" env REDFIRE_BOOTSTRAP_TOKEN="$T_ECHO" taskset -c "$CPU" "$BIN/redfire-sidecar" \
+  --control-addr "http://127.0.0.1:$CG" --service echo --worker-threads 1 --log-level warn \
+  --inbound-addr "127.0.0.1:$IN" --admin-addr "127.0.0.1:$INA" --outbound-addr "127.0.0.1:$INO" \
+  --app-addr "127.0.0.1:$BACKEND_PORT" --app-protocol http1
+ECHO_PID=$PID
+cat >"$WORK/routes.toml" <<EOF
+[[route]]
+name = "echo"
+path_prefix = "/"
+service = "echo"
+EOF
+spawn "$WORK/gateway.log" env REDFIRE_BOOTSTRAP_TOKEN="$T_GW" taskset -c "$CPU" "$BIN/redfire-sidecar" \
+  --control-addr "http://127.0.0.1:$CG" --service gateway --mode gateway --worker-threads 1 --log-level warn \
+  --gateway-addr "127.0.0.1:$GW" --admin-addr "127.0.0.1:$GWA" --routes "$WORK/routes.toml"
+GW_PID=$PID
+wait_for "echo sidecar /ready" is200 "http://127.0.0.1:$INA/ready"
+wait_for "gateway /ready" is200 "http://127.0.0.1:$GWA/ready"
+wait_for "a 200 through the gateway" is200 "http://127.0.0.1:$GW/"
+
+# ---- nginx, HTTP/1.1 plain reverse proxy ------------------------------------------------------
+mkdir -p "$WORK/nginx"
+cat >"$WORK/nginx/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $WORK/nginx/nginx.pid;
+error_log stderr warn;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx/body;
+  proxy_temp_path $WORK/nginx/proxy;
+  fastcgi_temp_path $WORK/nginx/fastcgi;
+  uwsgi_temp_path $WORK/nginx/uwsgi;
+  scgi_temp_path $WORK/nginx/scgi;
+  keepalive_requests 1000000;
+  upstream backend {
+    server 127.0.0.1:$BACKEND_PORT;
+    keepalive 1024;
+    keepalive_requests 1000000;
+    keepalive_timeout 300s;
+  }
+  server {
+    listen 127.0.0.1:$NG;
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+EOF
+spawn "$WORK/nginx.log" taskset -c "$CPU" nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf"
+NGINX_PID=$PID
+wait_for "a 200 through nginx" is200 "http://127.0.0.1:$NG/"
+
+# ---- load -------------------------------------------------------------------------------------
+declare -A PORT=([direct]=$BACKEND_PORT [nginx]=$NG [gateway]=$GW)
+declare -A RPS P50 P99 BAD
+# wrk prints latencies as 655.00us, 7.02ms or 1.20s: microseconds, so medians compare numbers.
+to_us() { awk '{ v = $1 + 0; if ($1 ~ /us$/) print v; else if ($1 ~ /ms$/) print v * 1000; else print v * 1000000 }'; }
+run() {   # run TARGET ROUND
+  local t=$1 out c0 c1 n
+  c0=$(count)
+  out=$(taskset -c 0 wrk -t1 -c"$CONNS" -d"${SECS}s" --latency "http://127.0.0.1:${PORT[$t]}/" 2>&1)
+  echo "$out" >"$WORK/wrk-$t-$2.txt"
+  c1=$(count)
+  n=$(awk '/requests in/ {print $1}' <<<"$out")
+  RPS[$t]+="$(awk '/^Requests\/sec/ {print $2}' <<<"$out") "
+  P50[$t]+="$(awk '$1 == "50%" {print $2}' <<<"$out" | to_us) "
+  P99[$t]+="$(awk '$1 == "99%" {print $2}' <<<"$out" | to_us) "
+  # wrk counts requests completed; the backend counts requests received (>= completed, by at most
+  # the connections in flight when wrk stopped).
+  if grep -q 'Non-2xx' <<<"$out" || [ $((c1 - c0)) -lt "$n" ] || [ $((c1 - c0)) -gt $((n + CONNS)) ]; then
+    BAD[$t]="INVALID"
+  fi
+}
+for r in $(seq 1 "$ROUNDS"); do
+  for t in $(printf '%s\n' direct nginx gateway | shuf); do
+    log "round $r: $t"
+    run "$t" "$r"
+  done
+done
+median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+echo
+echo "HTTP/1.1 keep-alive, wrk -t1 -c$CONNS, ${SECS}s x $ROUNDS rounds (medians); servers on CPU $CPU, one worker each"
+printf '%-8s %10s %10s %10s %12s %s\n' target rps p50_us p99_us rss_MB check
+for t in direct nginx gateway; do
+  case $t in
+    nginx) rss=$(( $(rss_kb "$NGINX_PID") )) ;;
+    gateway) rss=$(( $(rss_kb "$GW_PID") + $(rss_kb "$ECHO_PID") )) ;;
+    *) rss=0 ;;
+  esac
+  printf '%-8s %10s %10s %10s %12s %s\n' "$t" "$(median <<<"${RPS[$t]}")" "$(median <<<"${P50[$t]}")" \
+    "$(median <<<"${P99[$t]}")" "$(awk -v k="$rss" 'BEGIN { printf (k ? "%.1f" : "-"), k / 1024 }')" "${BAD[$t]:-ok}"
+done
+echo "(gateway = gateway + the echo service's sidecar, two proxies; nginx = one proxy; rss of the proxies)"

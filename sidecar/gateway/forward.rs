@@ -1,0 +1,215 @@
+//! One gateway request, in order: CORS preflight → route lookup (unknown
+//! → 404 with a JSON body) → `X-Request-Id`, `X-Forwarded-For`,
+//! `Forwarded` → path rewrite and request header edits → gRPC-Web to gRPC
+//! → the mesh's outbound path ([`Outbound::handle_with`]: discovery,
+//! balancing, retries, breakers, mTLS) with the route's subset, timeout
+//! and retry policy → response header edits, gRPC-Web framing, CORS →
+//! per-route metrics.
+//!
+//! The policy layers (JWT/RBAC, rate limits) go between the route lookup
+//! and the forwarding, where the route is known.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+
+use crate::sidecar::Body;
+use crate::sidecar::gateway::cors::Cors;
+use crate::sidecar::gateway::grpc_web;
+use crate::sidecar::gateway::metrics::GatewayMetrics;
+use crate::sidecar::gateway::route::RouteTable;
+use crate::sidecar::outbound::proxy::{Outbound, Target};
+
+/// Request id header, set when the client sent none.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// What a gateway request needs, shared by every connection.
+#[derive(Debug)]
+pub struct Gateway {
+    /// The current route table (swapped whole on reload).
+    pub routes: Arc<ArcSwap<RouteTable>>,
+    /// The mesh's outbound path.
+    pub outbound: Arc<Outbound>,
+    /// Per-route metrics.
+    pub metrics: GatewayMetrics,
+    /// CORS origins.
+    pub cors: Cors,
+    /// Proxies in front whose `X-Forwarded-For`/`Forwarded` are kept.
+    pub trusted_hops: usize,
+    /// Headers per request at most. HTTP/1.1 is cut by hyper before this
+    /// point; HTTP/2 only bounds the header list's size, so the count is
+    /// checked here.
+    pub max_headers: usize,
+}
+
+/// Facts about the client connection.
+#[derive(Clone, Copy, Debug)]
+pub struct Client {
+    /// The TCP peer.
+    pub addr: SocketAddr,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+}
+
+impl Gateway {
+    /// Handles one request from a client.
+    pub async fn handle(&self, mut req: Request<Incoming>, client: Client) -> Response<Body> {
+        let started = Instant::now();
+        if let Some(r) = self.cors.preflight(req.method(), req.headers()) {
+            return r;
+        }
+        if req.headers().len() > self.max_headers {
+            let id = HeaderValue::from_static("-");
+            let msg = format!("more than {} request headers", self.max_headers);
+            let r = json_error(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "too_many_headers", &msg, &id);
+            self.metrics.observe("none", r.status(), started.elapsed());
+            return r;
+        }
+        let origin = self.cors.allowed(req.headers());
+        let request_id = match req.headers().get(REQUEST_ID) {
+            Some(v) if !v.is_empty() && v.len() <= 200 => v.clone(),
+            _ => {
+                let id = HeaderValue::from_str(&new_request_id()).unwrap_or(HeaderValue::from_static("0"));
+                req.headers_mut().insert(REQUEST_ID, id.clone());
+                id
+            }
+        };
+        let host = host_of(&req);
+        let table = self.routes.load_full();
+        let Some(matched) = table.find(host.as_deref(), req.method(), req.uri().path(), req.headers()) else {
+            let mut r = json_error(
+                StatusCode::NOT_FOUND,
+                "route_not_found",
+                &format!("no route for {} {}", req.method(), req.uri().path()),
+                &request_id,
+            );
+            self.cors.decorate(origin, r.headers_mut());
+            self.metrics.observe("none", r.status(), started.elapsed());
+            return r;
+        };
+        let route = matched.route;
+        forwarded_headers(req.headers_mut(), client, host.as_deref(), self.trusted_hops);
+        let query = req.uri().query().map(|q| q.to_string());
+        let path = match (query, matched.path.contains('?')) {
+            (Some(q), true) => format!("{}&{q}", matched.path),
+            (Some(q), false) => format!("{}?{q}", matched.path),
+            (None, _) => matched.path,
+        };
+        match path.parse::<Uri>() {
+            Ok(uri) => *req.uri_mut() = uri,
+            Err(_) => {
+                let r =
+                    json_error(StatusCode::BAD_REQUEST, "bad_path", "rewritten path is not a valid URI", &request_id);
+                self.metrics.observe(&route.name, r.status(), started.elapsed());
+                return r;
+            }
+        }
+        route.request_headers.apply(req.headers_mut());
+        let target = Target { subset: route.subset.clone(), timeout: route.timeout, retry: route.retry };
+        let web = grpc_web::flavour(req.headers());
+        let mut resp = match web {
+            Some(flavour) => {
+                let suffix = grpc_web::suffix(req.headers());
+                let req = grpc_web::to_grpc(req.map(|b| b.map_err(Into::into).boxed_unsync()), flavour);
+                let resp = self.outbound.handle_with(Some(&route.service), req, &target).await;
+                grpc_web::from_grpc(resp, flavour, &suffix)
+            }
+            None => self.outbound.handle_with(Some(&route.service), req, &target).await,
+        };
+        route.response_headers.apply(resp.headers_mut());
+        resp.headers_mut().insert(REQUEST_ID, request_id);
+        self.cors.decorate(origin, resp.headers_mut());
+        self.metrics.observe(&route.name, resp.status(), started.elapsed());
+        resp
+    }
+}
+
+/// `Host` (HTTP/1.1) or `:authority` (HTTP/2).
+fn host_of<B>(req: &Request<B>) -> Option<String> {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(String::from))
+}
+
+/// A 128-bit random id in hex.
+fn new_request_id() -> String {
+    format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
+}
+
+/// Appends this hop to `X-Forwarded-For` and `Forwarded` (RFC 7239). With
+/// no trusted proxy in front, what the client sent is dropped first: a
+/// client could put anything there.
+pub fn forwarded_headers(headers: &mut HeaderMap, client: Client, host: Option<&str>, trusted_hops: usize) {
+    let ip = client.addr.ip();
+    if trusted_hops == 0 {
+        headers.remove("x-forwarded-for");
+        headers.remove(header::FORWARDED);
+    }
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
+        _ => ip.to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert("x-forwarded-for", v);
+    }
+    let node = if ip.is_ipv6() { format!("\"[{ip}]\"") } else { ip.to_string() };
+    let proto = if client.tls { "https" } else { "http" };
+    let mut hop = format!("for={node};proto={proto}");
+    if let Some(h) = host.filter(|h| h.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b';' && b != b',')) {
+        hop.push_str(&format!(";host=\"{h}\""));
+    }
+    let fwd = match headers.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {hop}"),
+        _ => hop,
+    };
+    if let Ok(v) = HeaderValue::from_str(&fwd) {
+        headers.insert(header::FORWARDED, v);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static(if client.tls { "https" } else { "http" }));
+}
+
+/// A JSON error answer from the gateway itself.
+pub fn json_error(status: StatusCode, code: &str, message: &str, request_id: &HeaderValue) -> Response<Body> {
+    let body = serde_json::json!({
+        "error": { "code": code, "message": message, "status": status.as_u16() },
+        "request_id": request_id.to_str().unwrap_or(""),
+    });
+    let mut r = Response::new(Full::new(Bytes::from(format!("{body}\n"))).map_err(|n| match n {}).boxed_unsync());
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(REQUEST_ID, request_id.clone());
+    r.headers_mut().insert("x-redfire-reason", HeaderValue::from_static("gateway"));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client() -> Client {
+        Client { addr: "203.0.113.7:5000".parse().unwrap(), tls: true }
+    }
+
+    #[test]
+    fn untrusted_forwarding_headers_are_replaced_trusted_ones_appended() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        h.insert(header::FORWARDED, HeaderValue::from_static("for=1.2.3.4"));
+        forwarded_headers(&mut h, client(), Some("api.example.com"), 0);
+        assert_eq!(h["x-forwarded-for"], "203.0.113.7");
+        assert_eq!(h[header::FORWARDED], "for=203.0.113.7;proto=https;host=\"api.example.com\"");
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        forwarded_headers(&mut h, client(), None, 1);
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 203.0.113.7");
+        assert_eq!(h["x-forwarded-proto"], "https");
+    }
+}
