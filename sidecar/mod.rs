@@ -8,6 +8,8 @@
 //!   balancing, retries and circuit breaking. They do no I/O, so the
 //!   listener, the tower layers and the binary can be assembled on top of
 //!   them and each decision can be tested on its own with paused time;
+//! - [`ratelimit`] — per-rule rate limits (four algorithms, in memory or
+//!   shared through Redis, fail-open or fail-closed) and their responses;
 //! - [`transport`] — mTLS between sidecars (TLS 1.3, SPIFFE identities).
 
 pub mod admin;
@@ -19,6 +21,7 @@ pub mod identity;
 pub mod inbound;
 pub mod metrics;
 pub mod outbound;
+pub mod ratelimit;
 pub mod registration;
 pub mod server;
 pub mod transport;
