@@ -11,9 +11,9 @@
 //! after authentication (so JWT claims are known) and before forwarding:
 //!
 //! ```ignore
-//! let (_, compiled) = RateLimitConfig::from_toml(&text)?;            // at load: errors name the field
+//! let (config, _) = RateLimitConfig::from_toml(&text)?;              // at load: errors name the field
 //! let redis = RedisBackend::open("redis://127.0.0.1:6379", "redfire")?; // only if a rule says storage = "redis"
-//! let limiter = RateLimiter::new(compiled, Some(redis))?;
+//! let limiter = RateLimiter::new(&config, Some(redis))?;              // validates again; no I/O
 //! limiter.metrics().register(&mut registry);                         // redfire_sidecar_ratelimit_*
 //!
 //! // per request (`req: http::Request<B>`, `peer: SocketAddr` of the connection):
@@ -161,11 +161,15 @@ struct Inner {
 }
 
 impl RateLimiter {
-    /// Builds the limiter from a validated configuration (see
-    /// [`RateLimitConfig::compile`]); `redis` is required when a rule uses
-    /// `storage = "redis"`. Does no I/O. Must be called inside a tokio
-    /// runtime only if Redis rules exist (failures spawn a probe task).
-    pub fn new(config: Compiled, redis: Option<RedisBackend>) -> Result<RateLimiter, BuildError> {
+    /// Validates `config` and builds the limiter; `redis` is required when a
+    /// rule uses `storage = "redis"`. Does no I/O. Checks of Redis rules must
+    /// run inside a tokio runtime (a failure spawns the probe task).
+    pub fn new(config: &RateLimitConfig, redis: Option<RedisBackend>) -> Result<RateLimiter, BuildError> {
+        RateLimiter::from_compiled(config.compile()?, redis)
+    }
+
+    /// Builds the limiter from an already validated configuration.
+    pub fn from_compiled(config: Compiled, redis: Option<RedisBackend>) -> Result<RateLimiter, BuildError> {
         let store = redis.map(|b| RedisStore::new(b, config.redis_timeout, config.probe_interval));
         let mut rules = Vec::with_capacity(config.rules.len());
         for spec in config.rules {
@@ -197,7 +201,7 @@ impl RateLimiter {
     /// tools).
     pub fn from_toml(text: &str, redis: Option<RedisBackend>) -> Result<RateLimiter, BuildError> {
         let (_, compiled) = RateLimitConfig::from_toml(text)?;
-        RateLimiter::new(compiled, redis)
+        RateLimiter::from_compiled(compiled, redis)
     }
 
     /// The limiter's metrics.

@@ -251,4 +251,3 @@ fn ceil_div(a: u128, b: u128) -> u128 {
 fn to_nanos(n: u128) -> Nanos {
     u64::try_from(n).unwrap_or(u64::MAX)
 }
-

@@ -242,7 +242,11 @@ impl RuleConfig {
             Some(KeySpec::Many(ks)) if ks.is_empty() => return Err(err(f("key"), "empty list; use \"global\"")),
             Some(KeySpec::Many(ks)) => ks.clone(),
         };
-        let key = key_strings.iter().map(|k| KeyPart::parse(k)).collect::<Result<Vec<_>, _>>().map_err(|m| err(f("key"), m))?;
+        let key = key_strings
+            .iter()
+            .map(|k| KeyPart::parse(k))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|m| err(f("key"), m))?;
         let algorithm = self.algorithm(at)?;
         let storage = match self.storage.as_deref() {
             None | Some("memory") => Storage::Memory,
@@ -321,10 +325,9 @@ impl RuleConfig {
                     Algorithm::TokenBucket { rate, per, burst }
                 })
             }
-            other => Err(err(
-                f("algorithm"),
-                format!("{other:?}: use token_bucket, fixed_window, sliding_window or gcra"),
-            )),
+            other => {
+                Err(err(f("algorithm"), format!("{other:?}: use token_bucket, fixed_window, sliding_window or gcra")))
+            }
         }
     }
 }
@@ -344,7 +347,8 @@ mod tests {
     #[test]
     fn the_seed_path_limit_is_one_line() {
         let (_, c) =
-            RateLimitConfig::from_toml(r#"rules = [{ path = "/api/v1/trading", limit = 50, window = "60s" }]"#).unwrap();
+            RateLimitConfig::from_toml(r#"rules = [{ path = "/api/v1/trading", limit = 50, window = "60s" }]"#)
+                .unwrap();
         let r = &c.rules[0];
         assert_eq!(r.name, "/api/v1/trading");
         assert_eq!(r.algorithm, Algorithm::SlidingWindow { limit: 50, window: 60_000_000_000 });

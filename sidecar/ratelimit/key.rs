@@ -75,7 +75,9 @@ pub fn derive(rule: &str, algorithm: &str, parts: &[KeyPart], facts: &RequestFac
     push(&mut material, algorithm.as_bytes());
     for part in parts {
         match part {
-            KeyPart::ClientIp => push(&mut material, client_ip(facts.headers, facts.peer_ip, hops).to_string().as_bytes()),
+            KeyPart::ClientIp => {
+                push(&mut material, client_ip(facts.headers, facts.peer_ip, hops).to_string().as_bytes())
+            }
             KeyPart::Claim(name) => match facts.claims.and_then(|c| c.get(name)) {
                 Some(serde_json::Value::String(s)) => push(&mut material, s.as_bytes()),
                 Some(other) => push(&mut material, other.to_string().as_bytes()),
@@ -128,10 +130,7 @@ pub fn client_ip(headers: &http::HeaderMap, peer: IpAddr, hops: u32) -> IpAddr {
         return peer;
     }
     let entry = entries[entries.len() - hops];
-    entry
-        .parse::<IpAddr>()
-        .or_else(|_| entry.parse::<SocketAddr>().map(|s| s.ip()))
-        .unwrap_or(peer)
+    entry.parse::<IpAddr>().or_else(|_| entry.parse::<SocketAddr>().map(|s| s.ip())).unwrap_or(peer)
 }
 
 /// The path rules are matched against: the query dropped, `//` collapsed,

@@ -60,13 +60,21 @@ impl RateLimitMetrics {
         let r = registry.sub_registry_with_prefix("ratelimit");
         r.register("allowed", "requests admitted, per rule", self.allowed.clone());
         r.register("limited", "requests rejected with 429 / RESOURCE_EXHAUSTED, per rule", self.limited.clone());
-        r.register("store_errors", "rate-limit store calls that failed or timed out, per rule", self.store_errors.clone());
+        r.register(
+            "store_errors",
+            "rate-limit store calls that failed or timed out, per rule",
+            self.store_errors.clone(),
+        );
         r.register(
             "store_unavailable",
             "decisions taken by the failure mode while the store is failing, per rule and mode",
             self.unavailable.clone(),
         );
-        r.register("mode_switches", "switches to the failure mode and back to the store, per rule", self.switches.clone());
+        r.register(
+            "mode_switches",
+            "switches to the failure mode and back to the store, per rule",
+            self.switches.clone(),
+        );
     }
 
     /// Prometheus text of these metrics alone, as `redfire_sidecar_ratelimit_*`.

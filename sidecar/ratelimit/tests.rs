@@ -21,7 +21,11 @@ fn algorithms() -> impl Strategy<Value = Algorithm> {
     prop_oneof![
         (1..6u64, window.clone()).prop_map(|(limit, w)| Algorithm::FixedWindow { limit, window: w * MS }),
         (1..6u64, window.clone()).prop_map(|(limit, w)| Algorithm::SlidingWindow { limit, window: w * MS }),
-        (1..6u64, window.clone(), 1..6u64).prop_map(|(rate, p, burst)| Algorithm::TokenBucket { rate, per: p * MS, burst }),
+        (1..6u64, window.clone(), 1..6u64).prop_map(|(rate, p, burst)| Algorithm::TokenBucket {
+            rate,
+            per: p * MS,
+            burst
+        }),
         (1..6u64, window, 1..6u64).prop_map(|(rate, p, burst)| Algorithm::Gcra { rate, per: p * MS, burst }),
     ]
 }
@@ -57,8 +61,8 @@ fn assert_bound(a: &Algorithm, admitted: &[Nanos]) {
             for i in 0..admitted.len() {
                 for j in i..admitted.len() {
                     let n = (j - i + 1) as u128;
-                    let allowance = u128::from(burst)
-                        + u128::from(admitted[j] - admitted[i]) * u128::from(rate) / u128::from(per);
+                    let allowance =
+                        u128::from(burst) + u128::from(admitted[j] - admitted[i]) * u128::from(rate) / u128::from(per);
                     assert!(n <= allowance, "{a:?}: {n} admitted in {} ns", admitted[j] - admitted[i]);
                 }
             }
@@ -202,8 +206,8 @@ fn facts<'a>(method: &'a http::Method, path: &'a str, headers: &'a http::HeaderM
 
 #[tokio::test]
 async fn the_seed_limit_applies_per_client_ip_on_its_prefix_only() {
-    let limiter = RateLimiter::from_toml(r#"rules = [{ path = "/api/v1/trading", limit = 2, window = "60s" }]"#, None)
-        .unwrap();
+    let limiter =
+        RateLimiter::from_toml(r#"rules = [{ path = "/api/v1/trading", limit = 2, window = "60s" }]"#, None).unwrap();
     let h = http::HeaderMap::new();
     let get = http::Method::GET;
     for _ in 0..2 {
@@ -318,7 +322,10 @@ fn responses_carry_status_reason_and_headers() {
     assert!(allowed.respond(false).is_none());
     let mut h = http::HeaderMap::new();
     allowed.add_headers(&mut h);
-    assert_eq!((&h["ratelimit-remaining"], &h["ratelimit-reset"]), (&"7".parse::<http::HeaderValue>().unwrap(), &"3".parse::<http::HeaderValue>().unwrap()));
+    assert_eq!(
+        (&h["ratelimit-remaining"], &h["ratelimit-reset"]),
+        (&"7".parse::<http::HeaderValue>().unwrap(), &"3".parse::<http::HeaderValue>().unwrap())
+    );
     let mut grpc = http::HeaderMap::new();
     grpc.insert("content-type", "application/grpc+proto".parse().unwrap());
     assert!(is_grpc(&grpc));
