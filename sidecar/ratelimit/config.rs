@@ -383,6 +383,14 @@ mod tests {
     }
 
     #[test]
+    fn the_sample_in_deploy_is_valid() {
+        let (_, c) = RateLimitConfig::from_toml(include_str!("../../deploy/ratelimit.toml")).unwrap();
+        assert_eq!(c.rules.len(), 4);
+        assert_eq!(c.trusted_proxy_hops, 1);
+        assert_eq!(c.rules[2].algorithm, Algorithm::TokenBucket { rate: 600, per: 60_000_000_000, burst: 100 });
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let cases = [
             (r#"rules = [{ path = "/a", limit = 0, window = "1s" }]"#, "rules[0].limit"),
