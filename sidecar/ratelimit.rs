@@ -18,12 +18,9 @@
 //!
 //! // per request (`req: http::Request<B>`, `peer: SocketAddr` of the connection):
 //! let facts = RequestFacts {
-//!     method: req.method(),
-//!     path: req.uri().path(),          // normalised again inside; pass the RBAC-normalised path if you have it
-//!     headers: req.headers(),
-//!     peer_ip: peer.ip(),
 //!     claims: verified_claims.as_ref(), // Option<&serde_json::Map<..>>: only claims of a *verified* JWT
 //!     route: route_name,                // Option<&str> from the router (gateway), else None
+//!     ..RequestFacts::of(&req, peer.ip()) // method, path (normalised inside), headers, peer IP
 //! };
 //! let decision = limiter.check(&facts).await;
 //! if let Some(rejection) = decision.respond(is_grpc(req.headers())) {
@@ -78,6 +75,22 @@ pub struct RequestFacts<'a> {
     pub claims: Option<&'a serde_json::Map<String, serde_json::Value>>,
     /// The route name, if the router named one.
     pub route: Option<&'a str>,
+}
+
+impl<'a> RequestFacts<'a> {
+    /// The facts of `req`, received on a connection from `peer_ip`, without
+    /// claims or route (set those fields when known:
+    /// `RequestFacts { claims: Some(&claims), ..RequestFacts::of(&req, ip) }`).
+    pub fn of<B>(req: &'a http::Request<B>, peer_ip: IpAddr) -> Self {
+        RequestFacts {
+            method: req.method(),
+            path: req.uri().path(),
+            headers: req.headers(),
+            peer_ip,
+            claims: None,
+            route: None,
+        }
+    }
 }
 
 /// A rule's quota as reported in `RateLimit-*` headers.

@@ -231,6 +231,26 @@ mod tests {
         assert_eq!(normalise("/../.."), "/");
     }
 
+    proptest::proptest! {
+        #![proptest_config(crate::sidecar::proptest_config(512))]
+
+        /// Paths and X-Forwarded-For come from peers: any input gives a
+        /// clean path (no `//`, no dot segments) or the peer address, never
+        /// a panic.
+        #[test]
+        fn peer_input_never_panics(path in "[/.%a-zA-Z0-9é?#]{0,40}", xff in "[0-9a-f.:, \\[\\]]{0,40}", hops in 0u32..4) {
+            let p = normalise(&path);
+            proptest::prop_assert!(p.starts_with('/'));
+            proptest::prop_assert!(!p.contains("//"));
+            proptest::prop_assert!(p.split('/').all(|s| s != "." && s != ".."));
+            let mut h = http::HeaderMap::new();
+            if let Ok(v) = http::HeaderValue::from_str(&xff) {
+                h.insert("x-forwarded-for", v);
+            }
+            let _ = client_ip(&h, IpAddr::from([10, 0, 0, 1]), hops);
+        }
+    }
+
     #[test]
     fn prefixes_match_whole_segments() {
         assert!(path_matches("/api/v1", "/api/v1"));

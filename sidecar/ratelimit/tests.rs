@@ -205,6 +205,23 @@ fn facts<'a>(method: &'a http::Method, path: &'a str, headers: &'a http::HeaderM
 }
 
 #[tokio::test]
+async fn facts_of_a_request() {
+    let req = http::Request::post("http://x/api/v1/trading?q=1").header("x-api-key", "k").body(()).unwrap();
+    let f = RequestFacts::of(&req, IpAddr::from([1, 2, 3, 4]));
+    assert_eq!(
+        (f.method, f.path, f.headers["x-api-key"].to_str().unwrap()),
+        (&http::Method::POST, "/api/v1/trading", "k")
+    );
+    let limiter = RateLimiter::from_toml(
+        r#"rules = [{ path = "/api/v1/trading", key = "header:x-api-key", limit = 1, window = "1h" }]"#,
+        None,
+    )
+    .unwrap();
+    assert!(limiter.check(&f).await.is_allowed());
+    assert!(!limiter.check(&f).await.is_allowed());
+}
+
+#[tokio::test]
 async fn the_seed_limit_applies_per_client_ip_on_its_prefix_only() {
     let limiter =
         RateLimiter::from_toml(r#"rules = [{ path = "/api/v1/trading", limit = 2, window = "60s" }]"#, None).unwrap();

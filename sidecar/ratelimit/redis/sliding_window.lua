@@ -5,6 +5,12 @@ local now = now_us()
 local newest = tonumber(redis.call('LINDEX', key, -1))
 -- Keep the log sorted even if Redis's clock steps back.
 if newest and newest > now then now = newest end
+if newest and newest + window <= now then
+  -- All expired (the key was idle): drop the log at once instead of one
+  -- entry at a time.
+  redis.call('DEL', key)
+end
+-- Otherwise each entry is popped once, by some later call: amortised O(1).
 while true do
   local oldest = tonumber(redis.call('LINDEX', key, 0))
   if not oldest or oldest + window > now then break end
