@@ -17,6 +17,16 @@ fn limiters(n: usize, toml: &str, url: &str, prefix: &str) -> Vec<RateLimiter> {
     (0..n).map(|_| RateLimiter::from_toml(toml, Some(RedisBackend::open(url, prefix).unwrap())).unwrap()).collect()
 }
 
+/// Deletes the keys a test left under `prefix` in the shared Redis (limits
+/// with long windows would otherwise stay for a day).
+async fn delete_prefix(url: &str, prefix: &str) {
+    let mut conn = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}:*")).query_async(&mut conn).await.unwrap();
+    if !keys.is_empty() {
+        redis::cmd("DEL").arg(&keys).query_async::<u64>(&mut conn).await.unwrap();
+    }
+}
+
 async fn check(l: &RateLimiter, path: &str) -> Decision {
     let headers = http::HeaderMap::new();
     let facts = RequestFacts {
@@ -107,6 +117,7 @@ async fn four_limiters_share_one_redis_limit_of_100_per_second() {
         // inside one interval (so 4 × 100 unshared would show up).
         assert!(worst >= 50, "{name}: the window measure saw only {worst}");
         assert!(per_proxy.iter().all(|&n| n > 0), "{name}: every proxy admits its share: {per_proxy:?}");
+        delete_prefix(&url, &prefix).await;
     }
 }
 
@@ -148,6 +159,7 @@ async fn every_algorithm_counts_exactly_across_limiters() {
             }
         }
         let day_after = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() / 86_400;
+        delete_prefix(&url, &prefix).await;
         if rule.contains("fixed_window") && day_before != day_after {
             eprintln!("fixed window crossed midnight UTC during the test: two windows, not asserting the count");
             continue;
