@@ -52,6 +52,7 @@ use std::time::Duration;
 
 pub use self::config::{ConfigError, FailureMode, RateLimitConfig, Storage};
 pub use self::metrics::RateLimitMetrics;
+use self::metrics::RuleCounters;
 pub use self::redis::RedisBackend;
 pub use self::respond::is_grpc;
 
@@ -146,7 +147,7 @@ pub enum BuildError {
 
 #[derive(Debug)]
 enum RuleStore {
-    Memory(MemoryStore),
+    Memory(Arc<MemoryStore>),
     Redis(Arc<RedisStore>),
 }
 
@@ -158,6 +159,7 @@ struct Rule {
     store: RuleStore,
     /// True while this rule answers with its failure mode.
     degraded: AtomicBool,
+    counters: RuleCounters,
 }
 
 /// The rate limiter: see the module docs. Clones share state.
@@ -171,6 +173,7 @@ struct Inner {
     rules: Vec<Rule>,
     hops: u32,
     metrics: RateLimitMetrics,
+    redis: Option<Arc<RedisStore>>,
 }
 
 impl RateLimiter {
@@ -184,12 +187,43 @@ impl RateLimiter {
     /// Builds the limiter from an already validated configuration.
     pub fn from_compiled(config: Compiled, redis: Option<RedisBackend>) -> Result<RateLimiter, BuildError> {
         let store = redis.map(|b| RedisStore::new(b, config.redis_timeout, config.probe_interval));
+        RateLimiter::build(config, store, RateLimitMetrics::default(), None)
+    }
+
+    /// The limiter for a new policy version, carrying over what this one
+    /// knows: a memory rule with the same name and the same algorithm and
+    /// parameters keeps its counters (a reload must not hand every client a
+    /// fresh quota), the Redis connection and its up/down state are kept
+    /// (Redis counters carry over anyway: same rule name, same keys), and
+    /// the metrics continue. Swap it in atomically (e.g. `ArcSwap`); checks
+    /// in flight on the old one finish there.
+    pub fn reload(&self, config: &RateLimitConfig) -> Result<RateLimiter, BuildError> {
+        let mut compiled = config.compile()?;
+        // The Redis deadlines belong to the connection kept from before.
+        if let Some(r) = &self.inner.redis {
+            (compiled.redis_timeout, compiled.probe_interval) = (r.timeout(), r.probe_interval());
+        }
+        RateLimiter::build(compiled, self.inner.redis.clone(), self.inner.metrics.clone(), Some(&self.inner))
+    }
+
+    fn build(
+        config: Compiled,
+        redis: Option<Arc<RedisStore>>,
+        metrics: RateLimitMetrics,
+        previous: Option<&Inner>,
+    ) -> Result<RateLimiter, BuildError> {
         let mut rules = Vec::with_capacity(config.rules.len());
         for spec in config.rules {
+            let kept = previous.and_then(|p| p.rules.iter().find(|r| r.spec.name == spec.name));
             let store = match spec.storage {
-                Storage::Memory => RuleStore::Memory(MemoryStore::new(config.max_keys)),
+                Storage::Memory => match kept.map(|k| (&k.store, k.spec.algorithm)) {
+                    Some((RuleStore::Memory(m), algorithm)) if algorithm == spec.algorithm => {
+                        RuleStore::Memory(m.clone())
+                    }
+                    _ => RuleStore::Memory(Arc::new(MemoryStore::new(config.max_keys))),
+                },
                 Storage::Redis => {
-                    RuleStore::Redis(store.clone().ok_or_else(|| BuildError::NoRedis(spec.name.clone()))?)
+                    RuleStore::Redis(redis.clone().ok_or_else(|| BuildError::NoRedis(spec.name.clone()))?)
                 }
             };
             let algorithm_tag = match spec.algorithm {
@@ -198,15 +232,17 @@ impl RateLimiter {
                 Algorithm::TokenBucket { .. } => "token_bucket",
                 Algorithm::Gcra { .. } => "gcra",
             };
+            let degraded = kept.is_some_and(|k| k.degraded.load(Ordering::Acquire));
             rules.push(Rule {
                 name: Arc::from(spec.name.as_str()),
+                counters: metrics.rule(&spec.name),
                 spec,
                 algorithm_tag,
                 store,
-                degraded: AtomicBool::new(false),
+                degraded: AtomicBool::new(degraded),
             });
         }
-        let inner = Inner { rules, hops: config.trusted_proxy_hops, metrics: RateLimitMetrics::default() };
+        let inner = Inner { rules, hops: config.trusted_proxy_hops, metrics, redis };
         Ok(RateLimiter { inner: Arc::new(inner) })
     }
 
@@ -238,23 +274,23 @@ impl RateLimiter {
             };
             match verdict {
                 Some(v) if v.allowed => {
-                    inner.metrics.allowed(&rule.name);
+                    rule.counters.allowed.inc();
                     let q = quota(&v);
                     if tightest.is_none_or(|t| q.remaining < t.remaining) {
                         tightest = Some(q);
                     }
                 }
                 Some(v) => {
-                    inner.metrics.limited(&rule.name);
+                    rule.counters.limited.inc();
                     return Decision::Limited { rule: rule.name.clone(), quota: quota(&v), retry_after: v.retry_after };
                 }
                 None => match rule.spec.failure_mode {
                     FailureMode::Open => {
-                        inner.metrics.unavailable(&rule.name, "open");
-                        inner.metrics.allowed(&rule.name);
+                        rule.counters.open.inc();
+                        rule.counters.allowed.inc();
                     }
                     FailureMode::Closed => {
-                        inner.metrics.unavailable(&rule.name, "closed");
+                        rule.counters.closed.inc();
                         return Decision::StoreUnavailable { rule: rule.name.clone() };
                     }
                 },
@@ -266,26 +302,26 @@ impl RateLimiter {
     /// A Redis verdict, or `None` when the rule must use its failure mode.
     async fn check_redis(&self, rule: &Rule, store: &Arc<RedisStore>, key: &key::Key) -> Option<Verdict> {
         if !store.is_up() {
-            self.set_degraded(rule, true);
+            Self::set_degraded(rule, true);
             return None;
         }
         match store.check(&rule.spec.algorithm, key).await {
             Ok(v) => {
-                self.set_degraded(rule, false);
+                Self::set_degraded(rule, false);
                 Some(v)
             }
             Err(e) => {
                 tracing::debug!(rule = %rule.name, error = %e, "rate-limit store call failed");
-                self.inner.metrics.store_error(&rule.name);
-                self.set_degraded(rule, true);
+                rule.counters.store_errors.inc();
+                Self::set_degraded(rule, true);
                 None
             }
         }
     }
 
-    fn set_degraded(&self, rule: &Rule, degraded: bool) {
+    fn set_degraded(rule: &Rule, degraded: bool) {
         if rule.degraded.swap(degraded, Ordering::AcqRel) != degraded {
-            self.inner.metrics.switch(&rule.name, if degraded { "fallback" } else { "store" });
+            if degraded { &rule.counters.to_fallback } else { &rule.counters.to_store }.inc();
         }
     }
 }

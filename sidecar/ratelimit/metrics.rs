@@ -39,6 +39,19 @@ pub struct SwitchLabels {
     pub to: &'static str,
 }
 
+/// One rule's counters, looked up once when the limiter is built so a check
+/// increments atomics without a label lookup.
+#[derive(Clone, Debug)]
+pub(super) struct RuleCounters {
+    pub(super) allowed: Counter,
+    pub(super) limited: Counter,
+    pub(super) store_errors: Counter,
+    pub(super) open: Counter,
+    pub(super) closed: Counter,
+    pub(super) to_fallback: Counter,
+    pub(super) to_store: Counter,
+}
+
 /// Every rate-limit metric. Clones share the counters.
 #[derive(Clone, Debug, Default)]
 pub struct RateLimitMetrics {
@@ -86,24 +99,19 @@ impl RateLimitMetrics {
         out
     }
 
-    pub(super) fn allowed(&self, name: &str) {
-        self.allowed.get_or_create(&rule(name)).inc();
-    }
-
-    pub(super) fn limited(&self, name: &str) {
-        self.limited.get_or_create(&rule(name)).inc();
-    }
-
-    pub(super) fn store_error(&self, name: &str) {
-        self.store_errors.get_or_create(&rule(name)).inc();
-    }
-
-    pub(super) fn unavailable(&self, name: &str, mode: &'static str) {
-        self.unavailable.get_or_create(&ModeLabels { rule: name.to_string(), mode }).inc();
-    }
-
-    pub(super) fn switch(&self, name: &str, to: &'static str) {
-        self.switches.get_or_create(&SwitchLabels { rule: name.to_string(), to }).inc();
+    /// The counters of rule `name`.
+    pub(super) fn rule(&self, name: &str) -> RuleCounters {
+        // One statement per lookup: `get_or_create` returns a read guard,
+        // and a guard still alive (a temporary of the same statement) would
+        // deadlock the next insertion into the same family.
+        let allowed = self.allowed.get_or_create(&rule(name)).clone();
+        let limited = self.limited.get_or_create(&rule(name)).clone();
+        let store_errors = self.store_errors.get_or_create(&rule(name)).clone();
+        let open = self.unavailable.get_or_create(&ModeLabels { rule: name.to_string(), mode: "open" }).clone();
+        let closed = self.unavailable.get_or_create(&ModeLabels { rule: name.to_string(), mode: "closed" }).clone();
+        let to_fallback = self.switches.get_or_create(&SwitchLabels { rule: name.to_string(), to: "fallback" }).clone();
+        let to_store = self.switches.get_or_create(&SwitchLabels { rule: name.to_string(), to: "store" }).clone();
+        RuleCounters { allowed, limited, store_errors, open, closed, to_fallback, to_store }
     }
 
     /// The value of one counter, for tests: `metric` is `allowed`, `limited`

@@ -108,6 +108,16 @@ impl RedisStore {
         })
     }
 
+    /// The per-call deadline.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The probe period while down.
+    pub fn probe_interval(&self) -> Duration {
+        self.probe_interval
+    }
+
     /// False from a failure until a probe succeeds.
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Acquire)

@@ -347,3 +347,32 @@ fn responses_carry_status_reason_and_headers() {
     grpc.insert("content-type", "application/grpc+proto".parse().unwrap());
     assert!(is_grpc(&grpc));
 }
+
+#[tokio::test]
+async fn a_reload_keeps_the_counters_of_unchanged_rules() {
+    let v1 = r#"rules = [
+        { name = "a", path = "/a", limit = 1, window = "1h" },
+        { name = "b", path = "/b", limit = 1, window = "1h" },
+    ]"#;
+    let old = RateLimiter::from_toml(v1, None).unwrap();
+    let h = http::HeaderMap::new();
+    let get = http::Method::GET;
+    assert!(old.check(&facts(&get, "/a", &h, "1.1.1.1")).await.is_allowed());
+    assert!(old.check(&facts(&get, "/b", &h, "1.1.1.1")).await.is_allowed());
+    // "a" unchanged, "b" gets a new limit, "c" is new.
+    let v2 = r#"rules = [
+        { name = "a", path = "/a", limit = 1, window = "1h" },
+        { name = "b", path = "/b", limit = 2, window = "1h" },
+        { name = "c", path = "/c", limit = 1, window = "1h" },
+    ]"#;
+    let (config, _) = RateLimitConfig::from_toml(v2).unwrap();
+    let new = old.reload(&config).unwrap();
+    assert!(!new.check(&facts(&get, "/a", &h, "1.1.1.1")).await.is_allowed(), "a's quota was used before the reload");
+    let b = new.check(&facts(&get, "/b", &h, "1.1.1.1")).await;
+    assert!(matches!(b, Decision::Allowed(Some(q)) if q.remaining == 1), "b starts afresh with its new limit: {b:?}");
+    assert!(new.check(&facts(&get, "/c", &h, "1.1.1.1")).await.is_allowed());
+    assert_eq!(new.metrics().count("allowed", "a"), 1, "metrics continue across the reload");
+    assert_eq!(new.metrics().count("limited", "a"), 1);
+    let bad = RateLimitConfig { max_keys: Some(0), ..config };
+    assert_eq!(old.reload(&bad).unwrap_err().to_string(), "max_keys: must be at least 1");
+}
