@@ -4,7 +4,11 @@
 
 use std::path::PathBuf;
 
-const PROTOS: &[&str] = &["proto/redfire/registry/v1/registry.proto", "proto/redfire/identity/v1/identity.proto"];
+const PROTOS: &[&str] = &[
+    "proto/redfire/registry/v1/registry.proto",
+    "proto/redfire/identity/v1/identity.proto",
+    "proto/redfire/events/v1/events.proto",
+];
 
 fn main() -> anyhow::Result<()> {
     let mut config = tonic_prost_build::Config::new();

@@ -1,8 +1,8 @@
 //! RedFire Mesh: a gRPC-first service mesh.
 //!
 //! - [`control`] — the control service (`redfire-control`): service registry
-//!   with leases and watch streams, over an in-memory or Redis store, and
-//!   the mesh CA.
+//!   with leases and watch streams, over an in-memory or Redis store, the
+//!   mesh CA, and the event bus (`redfire.events.v1`).
 //! - [`sidecar`] — the data plane (`redfire-sidecar`): so far the workload
 //!   identity client and the pure building blocks of the outbound path
 //!   (balancing, retries, breakers).
@@ -15,6 +15,14 @@ pub mod sidecar;
 /// Generated protobuf and gRPC code, one module per versioned package.
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
 pub mod proto {
+    /// `redfire.events.v1`
+    pub mod events {
+        /// `redfire.events.v1`
+        pub mod v1 {
+            tonic::include_proto!("redfire.events.v1");
+        }
+    }
+
     /// `redfire.identity.v1`
     pub mod identity {
         /// `redfire.identity.v1`

@@ -10,6 +10,9 @@ use std::time::Duration;
 use clap::{Args, Parser};
 use serde::Deserialize;
 
+use crate::control::events::model::Retention;
+use crate::control::events::service::EventLimits;
+use crate::control::events::store::EventSettings;
 use crate::control::identity::ca::{CaConfig, RootSource};
 use crate::control::telemetry::{self, LogFormat};
 
@@ -121,6 +124,49 @@ pub struct Settings {
     /// Default and maximum workload certificate lifetime [default: 24h]
     #[arg(long, env = "REDFIRE_CERT_LIFETIME")]
     pub cert_lifetime: Option<String>,
+    /// Events: largest event payload in bytes [default: 1048576]
+    #[arg(long, env = "REDFIRE_EVENTS_MAX_PAYLOAD")]
+    pub events_max_payload: Option<String>,
+    /// Events: most events per Publish or AppendToAggregate [default: 1000]
+    #[arg(long, env = "REDFIRE_EVENTS_MAX_BATCH")]
+    pub events_max_batch: Option<String>,
+    /// Events: an unacked delivery goes to another consumer after this [default: 30s]
+    #[arg(long, env = "REDFIRE_EVENTS_VISIBILITY_TIMEOUT")]
+    pub events_visibility_timeout: Option<String>,
+    /// Events: deliveries before an event moves to <topic>.dlq [default: 5]
+    #[arg(long, env = "REDFIRE_EVENTS_MAX_DELIVERIES")]
+    pub events_max_deliveries: Option<String>,
+    /// Events: how long an idempotency key is remembered [default: 10m]
+    #[arg(long, env = "REDFIRE_EVENTS_IDEMPOTENCY_WINDOW")]
+    pub events_idempotency_window: Option<String>,
+    /// Events: retention (max events) of topics created by publish or subscribe; 0 = none [default: 1000000]
+    #[arg(long, env = "REDFIRE_EVENTS_MAX_LEN")]
+    pub events_max_len: Option<String>,
+    /// Events: retention (max age) of topics created by publish or subscribe; 0s = none [default: 0s]
+    #[arg(long, env = "REDFIRE_EVENTS_MAX_AGE")]
+    pub events_max_age: Option<String>,
+    /// Events: largest max_in_flight a subscriber may ask for [default: 10000]
+    #[arg(long, env = "REDFIRE_EVENTS_MAX_IN_FLIGHT")]
+    pub events_max_in_flight: Option<String>,
+    /// Events with store=redis: how often subscribers look for other replicas' publishes [default: 100ms]
+    #[arg(long, env = "REDFIRE_EVENTS_POLL_INTERVAL")]
+    pub events_poll_interval: Option<String>,
+    /// Events: how often retention is applied [default: 1s]
+    #[arg(long, env = "REDFIRE_EVENTS_TRIM_INTERVAL")]
+    pub events_trim_interval: Option<String>,
+}
+
+/// Validated event bus settings.
+#[derive(Debug, Clone)]
+pub struct EventsConfig {
+    /// What the stores share.
+    pub store: EventSettings,
+    /// What the API enforces.
+    pub limits: EventLimits,
+    /// Redis: poll for other replicas' publishes.
+    pub poll_interval: Duration,
+    /// How often retention runs.
+    pub trim_interval: Duration,
 }
 
 /// Which registry store.
@@ -167,6 +213,8 @@ pub struct Config {
     pub log_level: String,
     /// The mesh CA.
     pub ca: CaConfig,
+    /// The event bus.
+    pub events: EventsConfig,
 }
 
 impl Default for Config {
@@ -218,7 +266,17 @@ impl Settings {
             ca_key_file,
             ca_dir,
             ca_extra_roots_file,
-            cert_lifetime
+            cert_lifetime,
+            events_max_payload,
+            events_max_batch,
+            events_visibility_timeout,
+            events_max_deliveries,
+            events_idempotency_window,
+            events_max_len,
+            events_max_age,
+            events_max_in_flight,
+            events_poll_interval,
+            events_trim_interval
         )
     }
 
@@ -275,6 +333,7 @@ impl Config {
 
     /// Validates raw settings, filling defaults.
     pub fn from_settings(s: Settings) -> Result<Config, ConfigError> {
+        let events = events_config(&s)?;
         let ca_settings = CaSettings {
             trust_domain: s.trust_domain.clone(),
             cert: s.ca_cert_file.clone(),
@@ -320,6 +379,7 @@ impl Config {
             log_format,
             log_level,
             ca,
+            events,
         };
         if c.redis_timeout.is_zero() {
             return Err(err("redis_timeout", "must be above 0"));
@@ -341,6 +401,60 @@ impl Config {
         }
         Ok(c)
     }
+}
+
+/// Parses an integer setting within `range`, or `default`.
+fn number(
+    key: &str,
+    v: &Option<String>,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<u64, ConfigError> {
+    let s = v.clone().unwrap_or_else(|| default.to_string());
+    match s.parse::<u64>() {
+        Ok(n) if range.contains(&n) => Ok(n),
+        _ => Err(err(key, format!("{s:?} is not a number in {}..={}", range.start(), range.end()))),
+    }
+}
+
+fn events_config(s: &Settings) -> Result<EventsConfig, ConfigError> {
+    let max_payload = number("events_max_payload", &s.events_max_payload, 1 << 20, 1..=(64 << 20))?;
+    let max_batch = number("events_max_batch", &s.events_max_batch, 1000, 1..=100_000)?;
+    let visibility_timeout = duration("events_visibility_timeout", s.events_visibility_timeout.clone(), "30s")?;
+    if visibility_timeout < Duration::from_millis(100) || visibility_timeout > Duration::from_secs(12 * 3600) {
+        return Err(err("events_visibility_timeout", "must be within 100ms..=12h"));
+    }
+    let max_deliveries = number("events_max_deliveries", &s.events_max_deliveries, 5, 1..=1000)?;
+    let idempotency_window = duration("events_idempotency_window", s.events_idempotency_window.clone(), "10m")?;
+    if idempotency_window.is_zero() {
+        return Err(err("events_idempotency_window", "must be above 0"));
+    }
+    let max_len = number("events_max_len", &s.events_max_len, 1_000_000, 0..=u64::MAX)?;
+    let max_age = duration("events_max_age", s.events_max_age.clone(), "0s")?;
+    let max_in_flight = number("events_max_in_flight", &s.events_max_in_flight, 10_000, 1..=1_000_000)?;
+    let poll_interval = duration("events_poll_interval", s.events_poll_interval.clone(), "100ms")?;
+    if poll_interval < Duration::from_millis(1) || poll_interval > Duration::from_secs(10) {
+        return Err(err("events_poll_interval", "must be within 1ms..=10s"));
+    }
+    let trim_interval = duration("events_trim_interval", s.events_trim_interval.clone(), "1s")?;
+    if trim_interval < Duration::from_millis(10) {
+        return Err(err("events_trim_interval", "must be at least 10ms"));
+    }
+    Ok(EventsConfig {
+        store: EventSettings {
+            visibility_timeout,
+            max_deliveries: max_deliveries as u32,
+            idempotency_window,
+            default_retention: Retention { max_len, max_age },
+        },
+        limits: EventLimits {
+            max_payload: max_payload as usize,
+            max_batch: max_batch as usize,
+            max_in_flight: max_in_flight as usize,
+        },
+        poll_interval,
+        trim_interval,
+    })
 }
 
 /// The CA's raw settings, split off before the rest are consumed.
@@ -404,6 +518,9 @@ mod tests {
         assert_eq!(c.grpc_addr.to_string(), "127.0.0.1:15010");
         assert_eq!(c.lease_ttl, Duration::from_secs(10));
         assert_eq!(c.store, StoreKind::Memory);
+        assert_eq!(c.events.limits.max_payload, 1 << 20);
+        assert_eq!(c.events.store.visibility_timeout, Duration::from_secs(30));
+        assert_eq!(c.events.store.max_deliveries, 5);
     }
 
     #[test]
@@ -420,6 +537,12 @@ mod tests {
             (Settings { trust_domain: Some("Bad/Domain".into()), ..Default::default() }, "trust_domain"),
             (Settings { ca_cert_file: Some("root.crt".into()), ..Default::default() }, "ca_key_file"),
             (Settings { cert_lifetime: Some("1s".into()), ..Default::default() }, "cert_lifetime"),
+            (Settings { events_max_payload: Some("1MiB".into()), ..Default::default() }, "events_max_payload"),
+            (
+                Settings { events_visibility_timeout: Some("0s".into()), ..Default::default() },
+                "events_visibility_timeout",
+            ),
+            (Settings { events_max_deliveries: Some("0".into()), ..Default::default() }, "events_max_deliveries"),
         ];
         for (s, key) in cases {
             let e = Config::from_settings(s).unwrap_err();

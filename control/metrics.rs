@@ -13,6 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::control::events::metrics::EventMetrics;
 use crate::control::registry::view::View;
 
 /// Labels of per-RPC metrics.
@@ -58,6 +59,8 @@ pub struct Metrics {
     watchers: Gauge,
     revision: Gauge,
     store_up: Gauge,
+    /// Event bus metrics (`redfire_control_events_*`).
+    pub events: std::sync::Arc<EventMetrics>,
 }
 
 impl Default for Metrics {
@@ -77,7 +80,10 @@ impl Default for Metrics {
         registry.register("registry_watchers", "open Watch streams", watchers.clone());
         registry.register("registry_revision", "current registry revision", revision.clone());
         registry.register("store_up", "1 when the registry store takes writes", store_up.clone());
-        Metrics { registry, rpcs, rpc_seconds, store_errors, instances, watchers, revision, store_up }
+        let events = EventMetrics::default();
+        events.register(&mut registry);
+        let events = std::sync::Arc::new(events);
+        Metrics { registry, rpcs, rpc_seconds, store_errors, instances, watchers, revision, store_up, events }
     }
 }
 

@@ -1,8 +1,10 @@
 //! The control service: a small stateless service over a store (in-memory or
-//! Redis) that serves the service registry and the mesh CA. See ARCHITECTURE.md for the flow.
+//! Redis) that serves the service registry, the mesh CA and the event bus.
+//! See ARCHITECTURE.md for the flow.
 
 pub mod admin;
 pub mod config;
+pub mod events;
 pub mod identity;
 pub mod metrics;
 pub mod registry;

@@ -1,16 +1,21 @@
-//! Assembles the control process: store, CA, gRPC server (registry,
-//! identity, health, reflection), admin port and the drain sequence.
+//! Assembles the control process: stores, CA, gRPC server (registry,
+//! identity, events, health, reflection), admin port and the drain sequence.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 
 use crate::control::admin::{self, Admin};
 use crate::control::config::{Config, StoreKind};
+use crate::control::events::memory::MemoryEventStore;
+use crate::control::events::redis::{RedisEventConfig, RedisEventStore};
+use crate::control::events::service::EventsService;
+use crate::control::events::store::EventStore;
 use crate::control::identity::ca::Ca;
 use crate::control::identity::service::IdentityService;
 use crate::control::metrics::Metrics;
@@ -20,6 +25,7 @@ use crate::control::registry::service::{LeasePolicy, RegistryService};
 use crate::control::registry::store::RegistryStore;
 use crate::control::shutdown::Drain;
 use crate::control::telemetry;
+use crate::proto::events::v1::events_server::EventsServer;
 use crate::proto::identity::v1::identity_server::IdentityServer;
 use crate::proto::registry::v1::registry_server::RegistryServer;
 
@@ -77,10 +83,25 @@ impl Control {
         let ca = Arc::new(Ca::load(config.ca.clone()).await?);
         let identity = IdentityService::new(ca, metrics.clone()).map_err(|e| ServerError::Grpc(e.to_string()))?;
         let drain = Drain::default();
+        let events: Arc<dyn EventStore> = match config.store {
+            StoreKind::Memory => Arc::new(MemoryEventStore::new(config.events.store.clone())),
+            StoreKind::Redis => Arc::new(
+                RedisEventStore::new(
+                    config.events.store.clone(),
+                    RedisEventConfig {
+                        url: config.redis_url.clone(),
+                        prefix: config.redis_prefix.clone(),
+                        timeout: config.redis_timeout,
+                        poll_interval: config.events.poll_interval,
+                    },
+                )
+                .map_err(ServerError::Store)?,
+            ),
+        };
         let task = match config.store {
             StoreKind::Memory => {
                 let store = MemoryStore::new(config.watch_history, config.sweep_interval);
-                let parts = Parts { grpc, admin, metrics, identity, drain: drain.clone() };
+                let parts = Parts { grpc, admin, metrics, identity, events, drain: drain.clone() };
                 tokio::spawn(serve(Arc::new(store), parts, config))
             }
             StoreKind::Redis => {
@@ -97,7 +118,7 @@ impl Control {
                 // reachable); give a reachable Redis a moment so a fresh
                 // replica starts with the registry already loaded.
                 store.wait_synced(config.redis_timeout).await;
-                let parts = Parts { grpc, admin, metrics, identity, drain: drain.clone() };
+                let parts = Parts { grpc, admin, metrics, identity, events, drain: drain.clone() };
                 tokio::spawn(serve(Arc::new(store), parts, config))
             }
         };
@@ -116,17 +137,21 @@ impl Control {
     }
 }
 
+/// Topics whose lag gauges are refreshed each `events_trim_interval`.
+const MAX_LAG_TOPICS: usize = 1000;
+
 /// What `serve` needs besides the store.
 struct Parts {
     grpc: TcpListener,
     admin: TcpListener,
     metrics: Arc<Metrics>,
     identity: IdentityService,
+    events: Arc<dyn EventStore>,
     drain: Drain,
 }
 
 async fn serve<S: RegistryStore>(store: Arc<S>, parts: Parts, config: Config) -> Result<(), ServerError> {
-    let Parts { grpc, admin: admin_listener, metrics, identity, drain } = parts;
+    let Parts { grpc, admin: admin_listener, metrics, identity, events, drain } = parts;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<RegistryServer<RegistryService<S>>>().await;
     health.set_service_status("", ServingStatus::Serving).await;
@@ -138,13 +163,36 @@ async fn serve<S: RegistryStore>(store: Arc<S>, parts: Parts, config: Config) ->
     let leases =
         LeasePolicy { default_ttl: config.lease_ttl, min_ttl: config.lease_ttl_min, max_ttl: config.lease_ttl_max };
     let registry = RegistryService::new(store.clone(), metrics.clone(), leases, drain.subscribe());
+    let events_service = EventsService::new(events.clone(), metrics.clone(), config.events.limits, drain.subscribe());
+    // Retention (trims only what every group has acked), then the lag and
+    // pending gauges of every topic.
+    let trimmer = tokio::spawn({
+        let (events, every, gauges) = (events.clone(), config.events.trim_interval, metrics.events.clone());
+        async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match events.trim().await {
+                    Ok(n) if n > 0 => tracing::debug!(removed = n, "event retention applied"),
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(error = %e, "event retention failed"),
+                }
+                for topic in events.topics().await.unwrap_or_default().into_iter().take(MAX_LAG_TOPICS) {
+                    if let Ok(info) = events.describe(&topic).await {
+                        gauges.described(&info);
+                    }
+                }
+            }
+        }
+    });
 
     let admin = Arc::new(Admin {
         metrics,
         view: store.view().clone(),
         store_ready: Box::new({
-            let store = store.clone();
-            move || store.ready()
+            let (store, events) = (store.clone(), events.clone());
+            move || store.ready().and_then(|()| events.ready())
         }),
         drain: drain.clone(),
     });
@@ -165,6 +213,15 @@ async fn serve<S: RegistryStore>(store: Arc<S>, parts: Parts, config: Config) ->
             health.set_service_status("", ServingStatus::NotServing).await;
         }
     };
+    // With our own listener, tonic's `tcp_nodelay` does not apply: set it per
+    // connection, or small stream messages (Subscribe deliveries, Watch
+    // changes) wait ~40 ms for delayed ACKs (Nagle).
+    let incoming = TcpListenerStream::new(grpc).map(|s| {
+        if let Ok(s) = &s {
+            let _ = s.set_nodelay(true);
+        }
+        s
+    });
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
@@ -173,7 +230,11 @@ async fn serve<S: RegistryStore>(store: Arc<S>, parts: Parts, config: Config) ->
         .add_service(reflection)
         .add_service(RegistryServer::new(registry))
         .add_service(IdentityServer::new(identity))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stop_accepting);
+        .add_service(
+            EventsServer::new(events_service)
+                .max_decoding_message_size(config.events.limits.max_payload.saturating_mul(2).max(16 << 20)),
+        )
+        .serve_with_incoming_shutdown(incoming, stop_accepting);
     let grace = async {
         drain.started().await;
         tokio::time::sleep(config.shutdown_grace).await;
@@ -186,6 +247,7 @@ async fn serve<S: RegistryStore>(store: Arc<S>, parts: Parts, config: Config) ->
         }
     };
     store.close();
+    trimmer.abort();
     let _ = admin_stop_tx.send(());
     let _ = admin_task.await;
     tracing::info!("stopped");

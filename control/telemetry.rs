@@ -24,6 +24,13 @@ pub enum LogFormat {
 #[derive(Debug, Default)]
 pub struct Guard(Option<SdkTracerProvider>);
 
+impl Guard {
+    /// True when spans are exported over OTLP.
+    pub fn exporting(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
 impl Drop for Guard {
     fn drop(&mut self) {
         if let Some(p) = self.0.take() {
@@ -35,14 +42,22 @@ impl Drop for Guard {
 /// Installs the global subscriber. `level` is an `EnvFilter` directive
 /// (`info`, `redfire=debug,warn`, ...), already validated by config.
 pub fn init(service: &'static str, format: LogFormat, level: &str) -> Guard {
+    let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok().filter(|e| !e.is_empty());
+    init_with(service, format, level, endpoint)
+}
+
+/// [`init`] with the OTLP endpoint given (e.g. `http://127.0.0.1:4317`);
+/// `None` turns export off.
+pub fn init_with(service: &'static str, format: LogFormat, level: &str, otlp_endpoint: Option<String>) -> Guard {
     let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
     let fmt = match format {
         LogFormat::Human => tracing_subscriber::fmt::layer().with_target(false).boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer().json().flatten_event(true).boxed(),
     };
     let mut provider = None;
-    let otel = std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").and_then(|_| {
-        let exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic().build();
+    let otel = otlp_endpoint.and_then(|endpoint| {
+        use opentelemetry_otlp::WithExportConfig;
+        let exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic().with_endpoint(endpoint).build();
         match exporter {
             Ok(exporter) => {
                 let p = SdkTracerProvider::builder()

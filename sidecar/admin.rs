@@ -1,5 +1,6 @@
 //! The sidecar's admin port: `/health` (alive), `/ready` (has a workload
-//! certificate and a discovery connection, not draining), `/metrics`,
+//! certificate and a discovery connection, the app passes its health checks
+//! when they are configured, not draining), `/metrics`,
 //! `/admin/endpoints` (every upstream's endpoints with load and health) and
 //! `/admin/config`.
 
@@ -13,8 +14,9 @@ use tokio::net::TcpListener;
 
 use crate::sidecar::config::Config;
 use crate::sidecar::discovery::Discovery;
+use crate::sidecar::health::AppHealth;
 use crate::sidecar::identity::CredentialsRx;
-use crate::sidecar::metrics::Metrics;
+use crate::sidecar::metrics::{Metrics, UpstreamState};
 
 /// What the admin endpoints read.
 #[derive(Debug)]
@@ -27,6 +29,8 @@ pub struct Admin {
     pub discovery: Arc<Discovery>,
     /// Workload credentials.
     pub creds: CredentialsRx,
+    /// The app's health from its health checks (always serving without).
+    pub app_health: tokio::sync::watch::Receiver<AppHealth>,
     /// Draining makes `/ready` fail.
     pub draining: tokio::sync::watch::Receiver<bool>,
 }
@@ -41,6 +45,9 @@ impl Admin {
         }
         if !self.discovery.connected() {
             return Err("no discovery connection to control".into());
+        }
+        if *self.app_health.borrow() != AppHealth::Serving {
+            return Err("the app fails its health checks".into());
         }
         Ok(())
     }
@@ -63,6 +70,17 @@ impl Admin {
                     };
                     self.metrics.cert_expiry_seconds.set(left);
                 }
+                self.metrics.app_serving.set(i64::from(*self.app_health.borrow() == AppHealth::Serving));
+                self.metrics.set_upstreams(self.discovery.upstreams().iter().map(|u| {
+                    let set = u.set.load();
+                    let state = UpstreamState {
+                        ejections: set.outliers.ejections(),
+                        ejected: set.outliers.ejected(),
+                        endpoints: set.balancer.endpoints().len(),
+                        in_flight: u.limit.in_flight(),
+                    };
+                    (u.service.clone(), state)
+                }));
                 text(
                     StatusCode::OK,
                     self.metrics.render(),
@@ -107,7 +125,14 @@ impl Admin {
                     "control_addr": c.control_addr, "inbound_addr": c.inbound_addr.to_string(),
                     "outbound_addr": c.outbound_addr.to_string(), "app_addr": c.app_addr.to_string(),
                     "app_protocol": format!("{:?}", c.app_protocol), "balancer": format!("{:?}", c.balancer),
-                    "max_in_flight": c.max_in_flight, "trust_domain": c.trust_domain, "worker_threads": c.worker_threads,
+                    "max_in_flight": c.max_in_flight,
+                    "hash_header": c.hash_header.as_str(), "zone": c.zone,
+                    "service_balancers": c.service_balancers.iter()
+                        .map(|(s, b)| (s.clone(), format!("{:?}:{}", b.policy, b.hash_header))).collect::<Vec<_>>(),
+                    "app_health_check": format!("{:?}", c.app_health.kind),
+                    "app_health": format!("{:?}", *self.app_health.borrow()), "trust_domain": c.trust_domain, "worker_threads": c.worker_threads,
+                    "dev_plaintext": c.dev_plaintext, "stream_idle_timeout": format!("{:?}", c.stream_idle_timeout),
+                    "ejection_failures": c.ejection_failures, "ejection_time": format!("{:?}", c.ejection_time),
                     "upstreams": c.upstreams.iter().map(|(s, a)| (s.clone(), a.to_string())).collect::<Vec<_>>(),
                     "identity": identity,
                 });

@@ -3,17 +3,20 @@
 //! `--config`. Precedence: flag, environment, file, default. An invalid value
 //! is one line naming the key; `main` exits 2.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser};
+use http::HeaderName;
 use serde::Deserialize;
 
 use crate::control::config::{ConfigError, addr, duration, err, log_settings, read_toml};
 use crate::control::registry::model::validate_service_name;
 use crate::control::telemetry::LogFormat;
-use crate::sidecar::outbound::balance::Policy;
+use crate::sidecar::health::{CheckKind, HealthCheckConfig};
+use crate::sidecar::outbound::balance::{Policy, ZonePreference};
 
 /// Command line of `redfire-sidecar`.
 #[derive(Debug, Parser)]
@@ -74,18 +77,58 @@ pub struct Settings {
     /// What the app speaks: h2c (gRPC) or http1 [default: h2c]
     #[arg(long, env = "REDFIRE_APP_PROTOCOL")]
     pub app_protocol: Option<String>,
-    /// Load balancing: round_robin, weighted_round_robin, least_request, peak_ewma [default: peak_ewma]
+    /// Load balancing: round_robin, weighted_round_robin, least_request, peak_ewma, ring_hash, maglev [default: peak_ewma]
     #[arg(long, env = "REDFIRE_BALANCER")]
     pub balancer: Option<String>,
+    /// Request header whose value ring_hash/maglev hash on [default: x-user-id]
+    #[arg(long, env = "REDFIRE_HASH_HEADER")]
+    pub hash_header: Option<String>,
+    /// Per-service balancing: `orders=ring_hash:x-account-id,users=round_robin` [default: none]
+    #[arg(long, env = "REDFIRE_SERVICE_BALANCERS")]
+    pub service_balancers: Option<String>,
+    /// This sidecar's zone: registered with the instance, and preferred when balancing [default: none]
+    #[arg(long, env = "REDFIRE_ZONE")]
+    pub zone: Option<String>,
+    /// Share (0..=1) of the local zone's instances that must be up to stay in the zone [default: 0.5]
+    #[arg(long, env = "REDFIRE_ZONE_MIN_HEALTHY")]
+    pub zone_min_healthy: Option<String>,
+    /// App health check: none, grpc, grpc:<service>, or http:<path> (e.g. http:/healthz) [default: none]
+    #[arg(long, env = "REDFIRE_APP_HEALTH_CHECK")]
+    pub app_health_check: Option<String>,
+    /// Time between app health checks [default: 5s]
+    #[arg(long, env = "REDFIRE_APP_HEALTH_INTERVAL")]
+    pub app_health_interval: Option<String>,
+    /// An app health check that takes longer fails [default: 1s]
+    #[arg(long, env = "REDFIRE_APP_HEALTH_TIMEOUT")]
+    pub app_health_timeout: Option<String>,
+    /// Consecutive failed checks that make the app NOT_SERVING [default: 3]
+    #[arg(long, env = "REDFIRE_APP_HEALTH_UNHEALTHY_THRESHOLD")]
+    pub app_health_unhealthy_threshold: Option<String>,
+    /// Consecutive good checks that make the app SERVING again [default: 1]
+    #[arg(long, env = "REDFIRE_APP_HEALTH_HEALTHY_THRESHOLD")]
+    pub app_health_healthy_threshold: Option<String>,
     /// Requests in flight per upstream service before fast failure [default: 1024]
     #[arg(long, env = "REDFIRE_MAX_IN_FLIGHT")]
     pub max_in_flight: Option<String>,
+    /// Consecutive failures that eject an endpoint from balancing [default: 5]
+    #[arg(long, env = "REDFIRE_EJECTION_FAILURES")]
+    pub ejection_failures: Option<String>,
+    /// First ejection's length; the nth lasts n times this, at most 300 s [default: 30s]
+    #[arg(long, env = "REDFIRE_EJECTION_TIME")]
+    pub ejection_time: Option<String>,
+    /// A response stream with no frame for this long is cut (streams have no total timeout) [default: 5m]
+    #[arg(long, env = "REDFIRE_STREAM_IDLE_TIMEOUT")]
+    pub stream_idle_timeout: Option<String>,
     /// How long in-flight requests may finish after SIGTERM [default: 10s]
     #[arg(long, env = "REDFIRE_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<String>,
-    /// Runtime worker threads [default: one per CPU]
+    /// Runtime worker threads; 1 runs everything on the main thread [default: one per CPU]
     #[arg(long, env = "REDFIRE_WORKER_THREADS")]
     pub worker_threads: Option<String>,
+    /// DEVELOPMENT ONLY: plaintext HTTP/2 between sidecars, no mTLS, no peer identity.
+    /// Both sides must agree; a warning is logged at start [default: false]
+    #[arg(long, env = "REDFIRE_DEV_PLAINTEXT", num_args = 0..=1, default_missing_value = "true")]
+    pub dev_plaintext: Option<String>,
     /// Log format: human or json [default: human]
     #[arg(long, env = "REDFIRE_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -101,6 +144,17 @@ pub enum AppProtocol {
     H2c,
     /// HTTP/1.1.
     Http1,
+}
+
+/// How requests to one upstream service are balanced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Balancing {
+    /// The policy.
+    pub policy: Policy,
+    /// For [`Policy::RingHash`] and [`Policy::Maglev`]: the request header
+    /// whose value is the hash key. A request without it is balanced by
+    /// least request (power of two random choices) instead.
+    pub hash_header: HeaderName,
 }
 
 /// Validated settings.
@@ -132,14 +186,32 @@ pub struct Config {
     pub app_addr: SocketAddr,
     /// App protocol.
     pub app_protocol: AppProtocol,
-    /// Balancing policy.
+    /// Balancing policy of services without their own.
     pub balancer: Policy,
+    /// Hash-key header of services without their own.
+    pub hash_header: HeaderName,
+    /// Per-service balancing, overriding `balancer` and `hash_header`.
+    pub service_balancers: BTreeMap<String, Balancing>,
+    /// Local zone (empty: none, and no zone preference).
+    pub zone: String,
+    /// Zone preference threshold: see [`ZonePreference::min_healthy_percent`].
+    pub zone_min_healthy_percent: u8,
+    /// App health checks.
+    pub app_health: HealthCheckConfig,
     /// Concurrency limit per upstream service.
     pub max_in_flight: usize,
     /// Drain grace period.
     pub shutdown_grace: Duration,
+    /// Consecutive failures that eject an endpoint.
+    pub ejection_failures: u32,
+    /// First ejection's length.
+    pub ejection_time: Duration,
+    /// Idle timeout of response streams.
+    pub stream_idle_timeout: Duration,
     /// Runtime worker threads (`None`: one per CPU).
     pub worker_threads: Option<usize>,
+    /// Plaintext between sidecars (development only).
+    pub dev_plaintext: bool,
     /// Log format.
     pub log_format: LogFormat,
     /// Log filter.
@@ -167,9 +239,22 @@ impl Settings {
             app_addr,
             app_protocol,
             balancer,
+            hash_header,
+            service_balancers,
+            zone,
+            zone_min_healthy,
+            app_health_check,
+            app_health_interval,
+            app_health_timeout,
+            app_health_unhealthy_threshold,
+            app_health_healthy_threshold,
             max_in_flight,
             shutdown_grace,
+            ejection_failures,
+            ejection_time,
+            stream_idle_timeout,
             worker_threads,
+            dev_plaintext,
             log_format,
             log_level
         )
@@ -215,17 +300,54 @@ impl Config {
             "http1" => AppProtocol::Http1,
             other => return Err(err("app_protocol", format!("{other:?} is not one of h2c, http1"))),
         };
-        let balancer = match s.balancer.as_deref().unwrap_or("peak_ewma") {
-            "round_robin" => Policy::RoundRobin,
-            "weighted_round_robin" => Policy::WeightedRoundRobin,
-            "least_request" => Policy::LeastRequest,
-            "peak_ewma" => Policy::PeakEwma,
-            other => {
-                return Err(err(
-                    "balancer",
-                    format!("{other:?} is not one of round_robin, weighted_round_robin, least_request, peak_ewma"),
-                ));
-            }
+        let balancer = policy("balancer", s.balancer.as_deref().unwrap_or("peak_ewma"))?;
+        let hash_header = header_name("hash_header", s.hash_header.as_deref().unwrap_or("x-user-id"))?;
+        let mut service_balancers = BTreeMap::new();
+        for entry in s.service_balancers.as_deref().unwrap_or("").split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let key = "service_balancers";
+            let (name, spec) = entry
+                .split_once('=')
+                .ok_or_else(|| err(key, format!("{entry:?} is not service=policy or service=policy:header")))?;
+            validate_service_name(name).map_err(|e| err(key, e))?;
+            let (p, header) = match spec.split_once(':') {
+                Some((p, h)) => (policy(key, p)?, header_name(key, h)?),
+                None => (policy(key, spec)?, hash_header.clone()),
+            };
+            service_balancers.insert(name.to_string(), Balancing { policy: p, hash_header: header });
+        }
+        let zone = s.zone.unwrap_or_default();
+        // The registry takes at most 128 bytes of zone.
+        if zone.len() > 128 || zone.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(err("zone", format!("{zone:?} is not a zone name (no spaces, at most 128 bytes)")));
+        }
+        let min_healthy = s.zone_min_healthy.unwrap_or_else(|| "0.5".into());
+        let zone_min_healthy_percent = match min_healthy.parse::<f64>() {
+            Ok(f) if (0.0..=1.0).contains(&f) => (f * 100.0).round() as u8,
+            _ => return Err(err("zone_min_healthy", format!("{min_healthy:?} is not a fraction in 0..=1 like 0.5"))),
+        };
+        let app_health = HealthCheckConfig {
+            kind: match s.app_health_check.as_deref().unwrap_or("none") {
+                "none" => None,
+                "grpc" => Some(CheckKind::Grpc { service: String::new() }),
+                other => match other.split_once(':') {
+                    Some(("grpc", service)) => Some(CheckKind::Grpc { service: service.to_string() }),
+                    Some(("http", path))
+                        if path.starts_with('/') && path.parse::<http::uri::PathAndQuery>().is_ok() =>
+                    {
+                        Some(CheckKind::Http { path: path.to_string() })
+                    }
+                    _ => {
+                        return Err(err(
+                            "app_health_check",
+                            format!("{other:?} is not one of none, grpc, grpc:<service>, http:/<path>"),
+                        ));
+                    }
+                },
+            },
+            interval: positive("app_health_interval", s.app_health_interval, "5s")?,
+            timeout: positive("app_health_timeout", s.app_health_timeout, "1s")?,
+            unhealthy_threshold: threshold("app_health_unhealthy_threshold", s.app_health_unhealthy_threshold, 3)?,
+            healthy_threshold: threshold("app_health_healthy_threshold", s.app_health_healthy_threshold, 1)?,
         };
         let max_in_flight = s.max_in_flight.unwrap_or_else(|| "1024".into());
         let max_in_flight = match max_in_flight.parse::<usize>() {
@@ -248,8 +370,27 @@ impl Config {
             app_addr: addr("app_addr", s.app_addr, "127.0.0.1:8080")?,
             app_protocol,
             balancer,
+            hash_header,
+            service_balancers,
+            zone,
+            zone_min_healthy_percent,
+            app_health,
             max_in_flight,
             shutdown_grace: duration("shutdown_grace", s.shutdown_grace, "10s")?,
+            ejection_failures: match s.ejection_failures.as_deref().unwrap_or("5").parse::<u32>() {
+                Ok(n) if (1..=1000).contains(&n) => n,
+                _ => return Err(err("ejection_failures", "must be a number in 1..=1000")),
+            },
+            ejection_time: match duration("ejection_time", s.ejection_time, "30s")? {
+                d if d.is_zero() || d > Duration::from_secs(300) => {
+                    return Err(err("ejection_time", "must be above 0 and at most 300s"));
+                }
+                d => d,
+            },
+            stream_idle_timeout: match duration("stream_idle_timeout", s.stream_idle_timeout, "5m")? {
+                d if d.is_zero() => return Err(err("stream_idle_timeout", "must be above 0")),
+                d => d,
+            },
             worker_threads: match s.worker_threads {
                 None => None,
                 Some(n) => match n.parse::<usize>() {
@@ -257,10 +398,76 @@ impl Config {
                     _ => return Err(err("worker_threads", format!("{n:?} is not a number in 1..=512"))),
                 },
             },
+            dev_plaintext: match s.dev_plaintext.as_deref().unwrap_or("false") {
+                "true" | "1" => true,
+                "false" | "0" => false,
+                other => return Err(err("dev_plaintext", format!("{other:?} is not true or false"))),
+            },
             log_format,
             log_level,
         })
     }
+}
+
+impl Config {
+    /// How requests to `service` are balanced.
+    pub fn balancing(&self, service: &str) -> Balancing {
+        self.service_balancers
+            .get(service)
+            .cloned()
+            .unwrap_or_else(|| Balancing { policy: self.balancer, hash_header: self.hash_header.clone() })
+    }
+
+    /// The zone preference, when a zone is set.
+    pub fn zone_preference(&self) -> Option<ZonePreference> {
+        (!self.zone.is_empty()).then(|| ZonePreference {
+            local_zone: self.zone.clone(),
+            min_healthy_percent: self.zone_min_healthy_percent,
+        })
+    }
+}
+
+fn positive(key: &str, v: Option<String>, default: &str) -> Result<Duration, ConfigError> {
+    let d = duration(key, v, default)?;
+    if d.is_zero() {
+        return Err(err(key, "must be above 0"));
+    }
+    Ok(d)
+}
+
+fn threshold(key: &str, v: Option<String>, default: u32) -> Result<u32, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(v) => match v.parse::<u32>() {
+            Ok(n) if (1..=100).contains(&n) => Ok(n),
+            _ => Err(err(key, format!("{v:?} is not a number in 1..=100"))),
+        },
+    }
+}
+
+fn policy(key: &str, name: &str) -> Result<Policy, ConfigError> {
+    Ok(match name {
+        "round_robin" => Policy::RoundRobin,
+        "weighted_round_robin" => Policy::WeightedRoundRobin,
+        "least_request" => Policy::LeastRequest,
+        "peak_ewma" => Policy::PeakEwma,
+        "ring_hash" => Policy::RingHash,
+        "maglev" => Policy::Maglev,
+        other => {
+            return Err(err(
+                key,
+                format!(
+                    "{other:?} is not one of round_robin, weighted_round_robin, least_request, peak_ewma, ring_hash, maglev"
+                ),
+            ));
+        }
+    })
+}
+
+fn header_name(key: &str, name: &str) -> Result<HeaderName, ConfigError> {
+    // Header names are matched lowercase (HTTP/2 requires it).
+    HeaderName::from_bytes(name.trim().to_ascii_lowercase().as_bytes())
+        .map_err(|_| err(key, format!("{name:?} is not an HTTP header name")))
 }
 
 #[cfg(test)]
@@ -282,6 +489,40 @@ mod tests {
         assert_eq!(c.balancer, Policy::PeakEwma);
         assert_eq!(c.upstreams.len(), 2);
         assert_eq!(c.upstreams[1].0, "strategies");
+        assert_eq!(c.zone_preference(), None, "no zone, no preference");
+        assert_eq!(c.app_health, HealthCheckConfig::default(), "no app health checks unless asked");
+    }
+
+    #[test]
+    fn app_health_checks() {
+        let kind = |v: &str| {
+            Config::from_settings(Settings { app_health_check: Some(v.into()), ..base() }).unwrap().app_health.kind
+        };
+        assert_eq!(kind("grpc"), Some(CheckKind::Grpc { service: String::new() }));
+        assert_eq!(kind("grpc:orders.v1.Orders"), Some(CheckKind::Grpc { service: "orders.v1.Orders".into() }));
+        assert_eq!(kind("http:/healthz?full=1"), Some(CheckKind::Http { path: "/healthz?full=1".into() }));
+        assert_eq!(kind("none"), None);
+    }
+
+    #[test]
+    fn hash_balancing_globally_and_per_service() {
+        let c = Config::from_settings(Settings {
+            balancer: Some("maglev".into()),
+            service_balancers: Some("orders=ring_hash:X-Account-Id, users=round_robin".into()),
+            zone: Some("eu-1a".into()),
+            zone_min_healthy: Some("0.75".into()),
+            ..base()
+        })
+        .unwrap();
+        let b = |s: &str| {
+            let b = c.balancing(s);
+            (b.policy, b.hash_header.to_string())
+        };
+        assert_eq!(b("orders"), (Policy::RingHash, "x-account-id".into()));
+        assert_eq!(b("users"), (Policy::RoundRobin, "x-user-id".into()));
+        assert_eq!(b("other"), (Policy::Maglev, "x-user-id".into()), "the global policy and header");
+        let zone = c.zone_preference().unwrap();
+        assert_eq!((zone.local_zone.as_str(), zone.min_healthy_percent), ("eu-1a", 75));
     }
 
     #[test]
@@ -294,6 +535,24 @@ mod tests {
             (Settings { balancer: Some("random".into()), ..base() }, "balancer"),
             (Settings { control_addr: Some("127.0.0.1:15010".into()), ..base() }, "control_addr"),
             (Settings { max_in_flight: Some("0".into()), ..base() }, "max_in_flight"),
+            (Settings { dev_plaintext: Some("yes".into()), ..base() }, "dev_plaintext"),
+            (Settings { stream_idle_timeout: Some("0s".into()), ..base() }, "stream_idle_timeout"),
+            (Settings { ejection_failures: Some("0".into()), ..base() }, "ejection_failures"),
+            (Settings { ejection_time: Some("10m".into()), ..base() }, "ejection_time"),
+            (Settings { hash_header: Some("x user".into()), ..base() }, "hash_header"),
+            (Settings { service_balancers: Some("orders".into()), ..base() }, "service_balancers"),
+            (Settings { service_balancers: Some("orders=hash".into()), ..base() }, "service_balancers"),
+            (Settings { service_balancers: Some("Orders=maglev".into()), ..base() }, "service_balancers"),
+            (Settings { service_balancers: Some("orders=maglev:a b".into()), ..base() }, "service_balancers"),
+            (Settings { zone: Some("eu 1".into()), ..base() }, "zone"),
+            (Settings { zone: Some("z".repeat(129)), ..base() }, "zone"),
+            (Settings { zone_min_healthy: Some("1.5".into()), ..base() }, "zone_min_healthy"),
+            (Settings { app_health_check: Some("tcp".into()), ..base() }, "app_health_check"),
+            (Settings { app_health_check: Some("http:healthz".into()), ..base() }, "app_health_check"),
+            (Settings { app_health_interval: Some("0s".into()), ..base() }, "app_health_interval"),
+            (Settings { app_health_timeout: Some("soon".into()), ..base() }, "app_health_timeout"),
+            (Settings { app_health_unhealthy_threshold: Some("0".into()), ..base() }, "app_health_unhealthy_threshold"),
+            (Settings { app_health_healthy_threshold: Some("x".into()), ..base() }, "app_health_healthy_threshold"),
         ];
         for (s, key) in cases {
             let e = Config::from_settings(s).unwrap_err();

@@ -10,7 +10,7 @@
 //! fails fast.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -18,11 +18,13 @@ use tokio::sync::watch;
 use tonic::transport::Endpoint as GrpcEndpoint;
 
 use crate::control::identity::ca::spiffe_id;
-use crate::control::registry::model::Instance;
+use crate::control::registry::model::{Health, Instance};
 use crate::proto::registry::v1 as pb;
 use crate::proto::registry::v1::registry_client::RegistryClient;
-use crate::sidecar::outbound::balance::{BalanceConfig, Balancer, Endpoint};
+use crate::sidecar::config::{Balancing, Config};
+use crate::sidecar::outbound::balance::{BalanceConfig, Balancer, Endpoint, EndpointIdx, ZonePreference};
 use crate::sidecar::outbound::breaker::{ConcurrencyLimit, OutlierConfig, OutlierDetector};
+use crate::sidecar::outbound::pool::{Pool, Slot};
 use crate::sidecar::outbound::retry::RetryBudget;
 
 /// How long a request for a service waits for discovery's first snapshot
@@ -38,6 +40,25 @@ pub struct EndpointSet {
     pub outliers: OutlierDetector,
     /// The SPIFFE ID each endpoint must present, by endpoint index.
     pub identities: Vec<String>,
+    /// Each endpoint's pooled connection, looked up on first use.
+    conns: Vec<OnceLock<Arc<Slot>>>,
+}
+
+impl EndpointSet {
+    fn new(balancer: Balancer, outliers: OutlierDetector, identities: Vec<String>) -> Self {
+        let conns = (0..identities.len()).map(|_| OnceLock::new()).collect();
+        EndpointSet { balancer, outliers, identities, conns }
+    }
+
+    /// The connection slot of the endpoint at `idx`, from `pool`.
+    pub fn conn(&self, idx: EndpointIdx, pool: &Pool) -> Option<&Slot> {
+        let cell = self.conns.get(idx.index())?;
+        if let Some(slot) = cell.get() {
+            return Some(slot);
+        }
+        let address = &self.balancer.endpoint(idx)?.address;
+        Some(cell.get_or_init(|| pool.slot(address, &self.identities[idx.index()])))
+    }
 }
 
 /// An upstream service as the outbound path sees it.
@@ -45,12 +66,17 @@ pub struct EndpointSet {
 pub struct Upstream {
     /// Service name.
     pub service: String,
+    /// The service name as the `:authority` of requests to its sidecars.
+    pub authority: Option<http::uri::Authority>,
     /// The current endpoints.
     pub set: ArcSwap<EndpointSet>,
     /// Requests in flight to this service.
     pub limit: ConcurrencyLimit,
     /// Retries allowed to this service (20 % of requests + 10/s).
     pub budget: RetryBudget,
+    /// The header whose value is the hash key, when the service is balanced
+    /// by a hash policy.
+    pub hash_header: Option<http::HeaderName>,
 }
 
 /// Why a service cannot be used.
@@ -67,22 +93,22 @@ pub struct Discovery {
     upstreams: RwLock<HashMap<String, Arc<Upstream>>>,
     synced: watch::Receiver<bool>,
     connected: watch::Receiver<bool>,
-    balance: BalanceConfig,
+    default_balancing: Balancing,
+    service_balancing: BTreeMap<String, Balancing>,
+    zone: Option<ZonePreference>,
     max_in_flight: usize,
     trust_domain: String,
+    outliers: OutlierConfig,
 }
 
 impl Discovery {
-    /// Starts watching control at `control` (e.g. `http://127.0.0.1:15010`).
-    pub fn spawn(
-        control: &str,
-        balance: BalanceConfig,
-        max_in_flight: usize,
-        trust_domain: String,
-    ) -> Result<(Arc<Discovery>, tokio::task::JoinHandle<()>), String> {
-        let channel = GrpcEndpoint::from_shared(control.to_string())
+    /// Starts watching control at `config.control_addr`, balancing each
+    /// service as `config` says.
+    pub fn spawn(config: &Config) -> Result<(Arc<Discovery>, tokio::task::JoinHandle<()>), String> {
+        let channel = GrpcEndpoint::from_shared(config.control_addr.clone())
             .map_err(|e| format!("control_addr: {e}"))?
             .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5))
             .connect_lazy();
@@ -92,9 +118,16 @@ impl Discovery {
             upstreams: RwLock::new(HashMap::new()),
             synced,
             connected,
-            balance,
-            max_in_flight,
-            trust_domain,
+            default_balancing: Balancing { policy: config.balancer, hash_header: config.hash_header.clone() },
+            service_balancing: config.service_balancers.clone(),
+            zone: config.zone_preference(),
+            max_in_flight: config.max_in_flight,
+            trust_domain: config.trust_domain.clone(),
+            outliers: OutlierConfig {
+                consecutive_failures: config.ejection_failures,
+                base_ejection: config.ejection_time,
+                ..OutlierConfig::default()
+            },
         });
         let task = tokio::spawn(run(d.clone(), RegistryClient::new(channel), synced_tx, connected_tx));
         Ok((d, task))
@@ -138,30 +171,42 @@ impl Discovery {
                 endpoints.push(ep);
             }
         }
+        // The zone preference's healthy share counts instances that report
+        // NOT_SERVING (absent from `endpoints`) as down; draining ones are
+        // leaving on purpose and count no more.
+        let zone_registered = self.zone.as_ref().map_or(0, |z| {
+            instances.values().filter(|i| i.zone == z.local_zone && i.health != Health::Draining).count()
+        });
         let mut map = self.upstreams.write().unwrap_or_else(|e| e.into_inner());
         match map.get(service) {
             Some(u) => {
                 let old = u.set.load();
-                let next = EndpointSet {
-                    balancer: old.balancer.update(endpoints.clone()),
-                    outliers: old.outliers.update(&endpoints),
+                let next = EndpointSet::new(
+                    old.balancer.update_with_zone_registered(endpoints.clone(), zone_registered),
+                    old.outliers.update(&endpoints),
                     identities,
-                };
+                );
                 u.set.store(Arc::new(next));
             }
             None => {
-                let set = EndpointSet {
-                    outliers: OutlierDetector::new(&endpoints, OutlierConfig::default()),
-                    balancer: Balancer::new(endpoints, self.balance.clone()),
+                let balancing = self.service_balancing.get(service).unwrap_or(&self.default_balancing);
+                let config =
+                    BalanceConfig { policy: balancing.policy, zone: self.zone.clone(), ..BalanceConfig::default() };
+                let outliers = OutlierDetector::new(&endpoints, self.outliers);
+                let set = EndpointSet::new(
+                    Balancer::with_zone_registered(endpoints, config, zone_registered),
+                    outliers,
                     identities,
-                };
+                );
                 map.insert(
                     service.to_string(),
                     Arc::new(Upstream {
                         service: service.to_string(),
+                        authority: service.parse().ok(),
                         set: ArcSwap::from_pointee(set),
                         limit: ConcurrencyLimit::new(service, self.max_in_flight),
                         budget: RetryBudget::default(),
+                        hash_header: balancing.policy.is_hash().then(|| balancing.hash_header.clone()),
                     }),
                 );
             }

@@ -111,6 +111,7 @@ pub fn spawn(config: IdentityConfig) -> Result<(CredentialsRx, tokio::task::Join
     let endpoint = Endpoint::from_shared(config.control.clone())
         .map_err(|e| IdentityError::Address(e.to_string()))?
         .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
         .timeout(Duration::from_secs(5));
     let channel = endpoint.connect_lazy();
     let (tx, rx) = watch::channel(None);

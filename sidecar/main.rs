@@ -14,10 +14,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = config.worker_threads {
-        builder.worker_threads(n);
-    }
+    // One worker thread: the current-thread scheduler, which polls every task on the
+    // main thread with no cross-thread wake-ups or work stealing (cheaper per request
+    // than a one-worker multi-thread runtime, and one thread less).
+    let mut builder = match config.worker_threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -26,7 +34,8 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let _telemetry = telemetry::init("redfire-sidecar", config.log_format, &config.log_level);
+        let telemetry = telemetry::init("redfire-sidecar", config.log_format, &config.log_level);
+        redfire::sidecar::trace::enable(telemetry.exporting());
         let sidecar = match Sidecar::start(config).await {
             Ok(s) => s,
             Err(e) => {

@@ -17,6 +17,7 @@ pub mod body;
 pub mod config;
 pub mod discovery;
 pub mod errors;
+pub mod health;
 pub mod identity;
 pub mod inbound;
 pub mod metrics;
@@ -24,7 +25,9 @@ pub mod outbound;
 pub mod ratelimit;
 pub mod registration;
 pub mod server;
+pub mod trace;
 pub mod transport;
+pub mod upgrade;
 
 /// Boxed error of streamed bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

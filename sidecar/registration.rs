@@ -2,6 +2,11 @@
 //! the lease over a KeepAlive stream (every third of the TTL, ≤ 3 s),
 //! registers again when the lease is lost (control restarted, lease expired),
 //! reports DRAINING when the drain starts and deregisters at the end.
+//!
+//! The instance's health follows `serving` (the sidecar has a workload
+//! certificate and its app passes its health checks): SERVING or NOT_SERVING
+//! at registration, and every change sent at once on the KeepAlive stream,
+//! so other sidecars' discovery stops (or resumes) sending to it.
 
 use std::time::Duration;
 
@@ -15,11 +20,24 @@ use crate::proto::registry::v1::registry_client::RegistryClient;
 /// Longest interval between renewals.
 const MAX_RENEW_INTERVAL: Duration = Duration::from_secs(3);
 
-/// Runs until the drain is over: `drain` turning true reports DRAINING,
-/// `finished` turning true (in-flight requests done) deregisters.
+fn health(serving: bool) -> pb::Health {
+    if serving { pb::Health::Serving } else { pb::Health::NotServing }
+}
+
+/// Resolves when `serving` changes; never when its sender is gone.
+async fn changed(serving: &mut watch::Receiver<bool>) {
+    if serving.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Runs until the drain is over: `serving` is the health to report,
+/// `drain` turning true reports DRAINING, `finished` turning true
+/// (in-flight requests done) deregisters.
 pub async fn run(
     mut client: RegistryClient<Channel>,
-    instance: pb::Instance,
+    mut instance: pb::Instance,
+    mut serving: watch::Receiver<bool>,
     mut drain: watch::Receiver<bool>,
     mut finished: watch::Receiver<bool>,
 ) {
@@ -28,6 +46,7 @@ pub async fn run(
         if *drain.borrow() {
             return;
         }
+        instance.health = health(*serving.borrow_and_update()) as i32;
         let req = pb::RegisterRequest { instance: Some(instance.clone()), ttl_ms: 0 };
         let reg = match client.register(req).await {
             Ok(r) => r.into_inner(),
@@ -39,7 +58,7 @@ pub async fn run(
             }
         };
         failures = 0;
-        tracing::info!(lease = reg.lease_id, "registered with control");
+        tracing::info!(lease = reg.lease_id, health = instance.health().as_str_name(), "registered with control");
         let interval = (Duration::from_millis(u64::from(reg.ttl_ms)) / 3).min(MAX_RENEW_INTERVAL);
         let (tx, rx) = mpsc::channel(2);
         let mut responses = match client.keep_alive(ReceiverStream::new(rx)).await {
@@ -52,12 +71,22 @@ pub async fn run(
         let mut tick = tokio::time::interval(interval);
         loop {
             tokio::select! {
-                _ = tick.tick() => {
-                    if tx.send(pb::KeepAliveRequest { lease_id: reg.lease_id, health: 0 }).await.is_err() {
+                // A renewal keeps the health; a change of health is sent at once.
+                renewal = async {
+                    tokio::select! {
+                        _ = tick.tick() => 0,
+                        () = changed(&mut serving) => health(*serving.borrow_and_update()) as i32,
+                    }
+                } => {
+                    if tx.send(pb::KeepAliveRequest { lease_id: reg.lease_id, health: renewal }).await.is_err() {
                         break;
                     }
                     match tokio::time::timeout(interval * 2, responses.message()).await {
-                        Ok(Ok(Some(_))) => {}
+                        Ok(Ok(Some(_))) => {
+                            if renewal != 0 {
+                                tracing::info!(health = ?pb::Health::try_from(renewal), "reported health to control");
+                            }
+                        }
                         Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
                             tracing::warn!("lease renewal failed; registering again");
                             break;

@@ -1,5 +1,5 @@
-//! Assembles `redfire-sidecar`: identity, discovery, registration, the
-//! outbound listeners, the inbound mTLS listener, the admin port and the
+//! Assembles `redfire-sidecar`: identity, discovery, app health checks,
+//! registration (reporting health), the outbound listeners, the inbound mTLS listener, the admin port and the
 //! drain sequence (SIGTERM: report DRAINING, stop accepting, let in-flight
 //! requests finish within the grace period, deregister, exit 0).
 
@@ -23,10 +23,10 @@ use crate::proto::registry::v1::registry_client::RegistryClient;
 use crate::sidecar::admin::{self, Admin};
 use crate::sidecar::config::Config;
 use crate::sidecar::discovery::Discovery;
+use crate::sidecar::health::{self, AppHealth};
 use crate::sidecar::identity::{self, CredentialsRx, IdentityConfig};
 use crate::sidecar::inbound::Inbound;
 use crate::sidecar::metrics::Metrics;
-use crate::sidecar::outbound::balance::BalanceConfig;
 use crate::sidecar::outbound::pool::{CONNECTION_WINDOW, Pool, STREAM_WINDOW};
 use crate::sidecar::outbound::proxy::Outbound;
 use crate::sidecar::registration;
@@ -87,14 +87,17 @@ impl Sidecar {
         let upstream_addrs =
             upstream_ls.iter().map(|(s, l)| Ok((s.clone(), local(l)?))).collect::<Result<Vec<_>, SidecarError>>()?;
 
+        if config.dev_plaintext {
+            tracing::warn!(
+                "dev_plaintext is on: traffic between sidecars is NOT encrypted and callers are NOT \
+                 authenticated; for development only, never in production"
+            );
+        }
         let metrics = Arc::new(Metrics::default());
         let (creds, identity_task) =
             identity::spawn(IdentityConfig::new(config.control_addr.clone(), config.bootstrap_token.clone()))
                 .map_err(|e| SidecarError::Start(e.to_string()))?;
-        let balance = BalanceConfig { policy: config.balancer, ..Default::default() };
-        let (discovery, discovery_task) =
-            Discovery::spawn(&config.control_addr, balance, config.max_in_flight, config.trust_domain.clone())
-                .map_err(SidecarError::Start)?;
+        let (discovery, discovery_task) = Discovery::spawn(&config).map_err(SidecarError::Start)?;
 
         // The inbound TLS config follows the credentials (rotation: new
         // connections get the new certificate; none while there is none).
@@ -107,6 +110,7 @@ impl Sidecar {
             GrpcEndpoint::from_shared(config.control_addr.clone())
                 .map_err(|e| SidecarError::Start(format!("control_addr: {e}")))?
                 .connect_timeout(Duration::from_secs(2))
+                .tcp_nodelay(true)
                 .timeout(Duration::from_secs(5))
                 .connect_lazy(),
         );
@@ -117,26 +121,43 @@ impl Sidecar {
             instance_id: config.instance_id.clone(),
             address: config.advertise_address.clone(),
             ports: Some(pb::Ports { grpc: Some(u32::from(inbound_addr.port())), http: None, admin: None }),
+            zone: config.zone.clone(),
             metadata,
             ..Default::default()
         };
-        let registration = tokio::spawn(registration::run(registry, instance, drain.subscribe(), finished_rx));
+        let (app_health, health_task) =
+            health::spawn(&config.app_health, config.app_addr, config.app_protocol).map_err(SidecarError::Start)?;
+        let (serving_tx, serving) = watch::channel(false);
+        let serving_task = tokio::spawn(follow_serving(creds.clone(), app_health.clone(), serving_tx));
+        let registration = tokio::spawn(registration::run(registry, instance, serving, drain.subscribe(), finished_rx));
 
-        let outbound = Arc::new(Outbound::new(discovery.clone(), Pool::new(creds.clone()), metrics.clone()));
-        let inbound =
-            Arc::new(Inbound::new(config.service.clone(), config.app_addr, config.app_protocol, tls, metrics.clone()));
+        let outbound = Arc::new(Outbound::new(
+            discovery.clone(),
+            Pool::new(creds.clone(), metrics.clone(), config.dev_plaintext),
+            metrics.clone(),
+            config.stream_idle_timeout,
+        ));
+        let inbound = Arc::new(Inbound::new(
+            config.service.clone(),
+            config.app_addr,
+            config.app_protocol,
+            tls,
+            config.dev_plaintext,
+            metrics.clone(),
+        ));
         let admin = Arc::new(Admin {
             config: config.clone(),
-            metrics,
+            metrics: metrics.clone(),
             discovery,
             creds: creds.clone(),
+            app_health,
             draining: drain.subscribe(),
         });
 
         let mut servers = JoinSet::new();
-        servers.spawn(serve_outbound(outbound_l, outbound.clone(), None, drain.clone()));
+        servers.spawn(serve_outbound(outbound_l, outbound.clone(), None, metrics.clone(), drain.clone()));
         for (service, l) in upstream_ls {
-            servers.spawn(serve_outbound(l, outbound.clone(), Some(service), drain.clone()));
+            servers.spawn(serve_outbound(l, outbound.clone(), Some(service), metrics.clone(), drain.clone()));
         }
         servers.spawn(inbound.serve(inbound_l, drain.clone()));
         let admin_stop = Drain::default();
@@ -152,7 +173,7 @@ impl Sidecar {
                 let _ = tokio::time::timeout(grace, async { while servers.join_next().await.is_some() {} }).await;
                 finished_tx.send_replace(true);
                 let _ = tokio::time::timeout(Duration::from_secs(2), registration).await;
-                for t in [identity_task, discovery_task, tls_task] {
+                for t in [identity_task, discovery_task, tls_task, serving_task].into_iter().chain(health_task) {
                     t.abort();
                 }
                 admin_stop.start();
@@ -193,9 +214,32 @@ async fn follow_credentials(mut creds: CredentialsRx, tls: Arc<ArcSwapOption<rus
     }
 }
 
+/// Keeps `serving` true while the sidecar can take traffic: it has a
+/// workload certificate (peers cannot complete a handshake without one) and
+/// its app is healthy.
+async fn follow_serving(mut creds: CredentialsRx, mut app: watch::Receiver<AppHealth>, serving: watch::Sender<bool>) {
+    let (mut creds_open, mut app_open) = (true, true);
+    loop {
+        let now = creds.borrow_and_update().is_some() && *app.borrow_and_update() == AppHealth::Serving;
+        serving.send_if_modified(|s| std::mem::replace(s, now) != now);
+        tokio::select! {
+            r = creds.changed(), if creds_open => creds_open = r.is_ok(),
+            r = app.changed(), if app_open => app_open = r.is_ok(),
+            else => return,
+        }
+    }
+}
+
 /// Serves one outbound listener (HTTP/1.1 and h2c) until the drain; open
 /// connections finish their in-flight requests gracefully.
-async fn serve_outbound(listener: TcpListener, outbound: Arc<Outbound>, service: Option<String>, drain: Drain) {
+async fn serve_outbound(
+    listener: TcpListener,
+    outbound: Arc<Outbound>,
+    service: Option<String>,
+    metrics: Arc<Metrics>,
+    drain: Drain,
+) {
+    let service: Option<Arc<str>> = service.map(Arc::from);
     let mut conns = JoinSet::new();
     loop {
         let (tcp, _) = tokio::select! {
@@ -213,7 +257,9 @@ async fn serve_outbound(listener: TcpListener, outbound: Arc<Outbound>, service:
         let outbound = outbound.clone();
         let service = service.clone();
         let drain = drain.clone();
+        let open = metrics.open_connection("outbound");
         conns.spawn(async move {
+            let _open = open;
             let svc = service_fn(move |req| {
                 let outbound = outbound.clone();
                 let service = service.clone();
@@ -225,7 +271,7 @@ async fn serve_outbound(listener: TcpListener, outbound: Arc<Outbound>, service:
                 .initial_connection_window_size(CONNECTION_WINDOW)
                 .initial_stream_window_size(STREAM_WINDOW)
                 .max_concurrent_streams(1024);
-            let conn = builder.serve_connection(TokioIo::new(tcp), svc);
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), svc);
             tokio::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => {}

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the Python registry client example end to end (used by CI):
+# Runs the Python client examples end to end (used by CI): the registry
+# client and the event bus client (events_client.py):
 #
 #   bash examples/python/run.sh
 #
@@ -7,7 +8,8 @@
 # 2. generates the gRPC stubs into examples/python/gen;
 # 3. starts redfire-control ($REDFIRE_CONTROL_BIN, default
 #    target/debug/redfire-control) on free loopback ports and waits for /ready;
-# 4. runs registry_client.py against it and checks what it printed.
+# 4. runs registry_client.py and events_client.py against it and checks what
+#    they printed.
 #
 # Prints "python example: ok" on success; otherwise fails showing the output.
 set -euo pipefail
@@ -39,7 +41,7 @@ PY="$VENV/bin/python"
 rm -rf "$GEN"
 mkdir -p "$GEN"
 "$PY" -m grpc_tools.protoc -I proto --python_out="$GEN" --grpc_python_out="$GEN" \
-  proto/redfire/registry/v1/registry.proto
+  proto/redfire/registry/v1/registry.proto proto/redfire/events/v1/events.proto
 
 # --- Control service ---------------------------------------------------------
 WORK="$(mktemp -d)"
@@ -132,6 +134,22 @@ grep -qE "^watch DELETE $SERVICE/py-[0-9]+ reason=deregistered " <<<"$OUTPUT" \
   || problems+=("no 'watch DELETE ... reason=deregistered' line")
 grep -qE '^summary: puts=[0-9]+ deletes=[0-9]+ snapshot_instances=[0-9]+$' <<<"$OUTPUT" \
   || problems+=("no 'summary:' line")
+
+# --- Event bus client ---------------------------------------------------------
+set +e
+EVENTS_OUTPUT="$(timeout 60 "$PY" "$HERE/events_client.py" --target "127.0.0.1:$GRPC_PORT" --topic orders 2>&1)"
+EVENTS_STATUS=$?
+set -e
+echo "$EVENTS_OUTPUT"
+[ "$EVENTS_STATUS" -eq 0 ] || problems+=("events client exited with status $EVENTS_STATUS")
+grep -qE '^retried order.paid position=[0-9]+-[0-9]+ duplicate=True$' <<<"$EVENTS_OUTPUT" \
+  || problems+=("no 'retried ... duplicate=True' line")
+grep -qE '^delivery order.paid position=[0-9]+-[0-9]+ count=2 -> ack$' <<<"$EVENTS_OUTPUT" \
+  || problems+=("no redelivery of order.paid with count=2")
+grep -qE '^describe length=3 group=billing pending=0 lag=0$' <<<"$EVENTS_OUTPUT" \
+  || problems+=("no 'describe ... pending=0 lag=0' line")
+grep -qE '^summary: published=3 duplicates=1 deliveries=4 redelivered=1$' <<<"$EVENTS_OUTPUT" \
+  || problems+=("no events 'summary:' line")
 
 if [ "${#problems[@]}" -gt 0 ]; then
   {

@@ -125,18 +125,37 @@ impl Balancer {
     /// A balancer over `endpoints`. Later duplicates of an id are dropped:
     /// load state and hash placement are keyed by id.
     pub fn new(endpoints: Vec<Endpoint>, config: BalanceConfig) -> Self {
-        Self::build(endpoints, config, &HashMap::new())
+        Self::with_zone_registered(endpoints, config, 0)
+    }
+
+    /// Like [`Balancer::new`], knowing that `zone_registered` instances are
+    /// registered in the local zone whatever their health: the zone
+    /// preference's healthy share counts those that are not in `endpoints`
+    /// (NOT_SERVING) as down.
+    pub fn with_zone_registered(endpoints: Vec<Endpoint>, config: BalanceConfig, zone_registered: usize) -> Self {
+        Self::build(endpoints, config, &HashMap::new(), zone_registered)
     }
 
     /// The balancer for a new endpoint set with the same config. Endpoints
     /// that stay keep their load (in-flight count and latency estimate); for
     /// the hash policies, keys whose endpoint stays keep going to it.
     pub fn update(&self, endpoints: Vec<Endpoint>) -> Self {
-        let previous = self.endpoints.iter().zip(&self.loads).map(|(e, l)| (e.id.as_str(), l.clone())).collect();
-        Self::build(endpoints, self.config.clone(), &previous)
+        self.update_with_zone_registered(endpoints, 0)
     }
 
-    fn build(mut endpoints: Vec<Endpoint>, config: BalanceConfig, previous: &HashMap<&str, Arc<EndpointLoad>>) -> Self {
+    /// [`Balancer::update`] with the local zone's registered count, as in
+    /// [`Balancer::with_zone_registered`].
+    pub fn update_with_zone_registered(&self, endpoints: Vec<Endpoint>, zone_registered: usize) -> Self {
+        let previous = self.endpoints.iter().zip(&self.loads).map(|(e, l)| (e.id.as_str(), l.clone())).collect();
+        Self::build(endpoints, self.config.clone(), &previous, zone_registered)
+    }
+
+    fn build(
+        mut endpoints: Vec<Endpoint>,
+        config: BalanceConfig,
+        previous: &HashMap<&str, Arc<EndpointLoad>>,
+        zone_registered: usize,
+    ) -> Self {
         let mut seen = HashSet::new();
         endpoints.retain(|e| seen.insert(e.id.clone()));
         let now = Instant::now();
@@ -167,7 +186,7 @@ impl Balancer {
             let policy = if config.policy.is_hash() { Policy::LeastRequest } else { config.policy };
             Some(Local {
                 members: in_zone.iter().map(|m| m.idx).collect(),
-                min_available: zone.min_available,
+                min_available: zone.min_available(in_zone.len().max(zone_registered)),
                 picker: Picker::new(policy, &in_zone),
             })
         });
@@ -179,7 +198,7 @@ impl Balancer {
         let keyed = ctx.hash_key.is_some() && self.config.policy.is_hash();
         if let Some(local) = self.local.as_ref().filter(|_| !keyed) {
             // Count only as far as needed: the common case stops early.
-            let need = local.min_available.max(1);
+            let need = local.min_available;
             let up = local.members.iter().filter(|&&idx| ctx.is_available(idx)).take(need).count();
             if up == need {
                 // The filter may change between counting and picking.

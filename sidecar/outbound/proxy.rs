@@ -29,6 +29,7 @@ use crate::sidecar::outbound::breaker::InFlight;
 use crate::sidecar::outbound::pool::Pool;
 use crate::sidecar::outbound::replay::{Replay, ReplayBody};
 use crate::sidecar::outbound::retry::{Backoff, Decision, Outcome, RetryPolicy, RetryRequest};
+use crate::sidecar::{trace, upgrade};
 
 /// Marks a request that entered the mesh as HTTP/1.1, so the inbound side
 /// hands it to the app as HTTP/1.1 again.
@@ -46,26 +47,52 @@ pub struct Outbound {
     metrics: Arc<Metrics>,
     retry: RetryPolicy,
     backoff: Backoff,
+    stream_idle_timeout: Duration,
 }
 
 impl Outbound {
-    /// The outbound path over `discovery`, dialing through `pool`.
-    pub fn new(discovery: Arc<Discovery>, pool: Pool, metrics: Arc<Metrics>) -> Self {
-        Outbound { discovery, pool, metrics, retry: RetryPolicy::default(), backoff: Backoff::default() }
+    /// The outbound path over `discovery`, dialing through `pool`; a
+    /// response stream silent for `stream_idle_timeout` is cut.
+    pub fn new(discovery: Arc<Discovery>, pool: Pool, metrics: Arc<Metrics>, stream_idle_timeout: Duration) -> Self {
+        Outbound {
+            discovery,
+            pool,
+            metrics,
+            retry: RetryPolicy::default(),
+            backoff: Backoff::default(),
+            stream_idle_timeout,
+        }
     }
 
     /// Handles one request from the app. `service` is fixed on per-upstream
     /// listeners and `None` on the shared one.
-    pub async fn handle(&self, service: Option<&str>, req: Request<Incoming>) -> Response<Body> {
+    pub async fn handle(&self, service: Option<&str>, mut req: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
         let grpc = is_grpc(req.headers());
-        let named = service.map(str::to_string).or_else(|| authority_service(&req));
-        let label = named.clone().unwrap_or_default();
-        let resp = match named {
-            Some(s) => self.forward(&s, req, started).await.unwrap_or_else(|e| e.respond(grpc)),
-            None => ProxyError::NoService.respond(grpc),
+        let named;
+        let service = match service {
+            Some(s) => Some(s),
+            None => {
+                named = authority_service(&req);
+                named.as_deref()
+            }
         };
-        self.metrics.observe("outbound", &label, &resp, started.elapsed());
+        let span = trace::hop_span("outbound", service.unwrap_or_default(), req.headers(), req.uri().path());
+        if let Some(span) = &span {
+            trace::inject(span, req.headers_mut());
+        }
+        let upgrade = if req.version() < Version::HTTP_2 { upgrade::requested(req.headers()) } else { None };
+        let resp = match (service, upgrade) {
+            (Some(s), Some(protocol)) => {
+                Box::pin(self.upgrade(s, req, protocol)).await.unwrap_or_else(|e| e.respond(grpc))
+            }
+            (Some(s), None) => self.forward(s, req, started).await.unwrap_or_else(|e| e.respond(grpc)),
+            (None, _) => ProxyError::NoService.respond(grpc),
+        };
+        let resp = self.metrics.observe("outbound", service.unwrap_or_default(), resp, started.elapsed());
+        if let Some(span) = &span {
+            trace::record_status(span, resp.status());
+        }
         resp
     }
 
@@ -79,7 +106,6 @@ impl Outbound {
         let in_flight = upstream.limit.try_acquire().map_err(|e| ProxyError::LimitReached(e.to_string()))?;
         let deadline = grpc_timeout(req.headers()).map(|t| started + t);
         let (parts, body) = req.into_parts();
-        let method = parts.method.clone();
         let replay = Replay::new(NonEmpty(body.map_err(Into::into).boxed_unsync()).boxed_unsync());
         upstream.budget.deposit();
         let mut attempts = 0u32;
@@ -89,7 +115,7 @@ impl Outbound {
             let (result, outcome) =
                 self.attempt(service, &upstream, &parts, replay.attempt(), deadline, &mut tried).await;
             let Some(outcome) = outcome else { return result.map(|r| self.guard(r, in_flight)) };
-            let request = RetryRequest::new(&method, replay.replayable(), attempts);
+            let request = RetryRequest::new(&parts.method, replay.replayable(), attempts);
             if self.retry.decide(&request, &outcome) != Decision::Retry {
                 return result.map(|r| self.guard(r, in_flight));
             }
@@ -106,8 +132,53 @@ impl Outbound {
         }
     }
 
+    /// An HTTP/1.1 `Upgrade` (e.g. WebSocket) through the mesh: one HTTP/2
+    /// stream to the peer carries the tunnel (see [`upgrade`]); never retried.
+    async fn upgrade(
+        &self,
+        service: &str,
+        mut req: Request<Incoming>,
+        protocol: HeaderValue,
+    ) -> Result<Response<Body>, ProxyError> {
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        let upstream = self.discovery.upstream(service).await.map_err(|e| ProxyError::UnknownService(e.to_string()))?;
+        let in_flight = upstream.limit.try_acquire().map_err(|e| ProxyError::LimitReached(e.to_string()))?;
+        let set = upstream.set.load_full();
+        let available = |i| set.outliers.is_available(i);
+        let idx = set.balancer.pick(&PickContext::new().with_filter(&available));
+        let Some(slot) = idx.and_then(|idx| set.conn(idx, &self.pool)) else {
+            return Err(ProxyError::NoEndpoints(service.to_string()));
+        };
+        let mut sender = self.pool.get(slot).await?;
+        let (parts, _) = req.into_parts();
+        let (tx, body) = upgrade::channel_body();
+        let mut up = to_upstream(&parts, body, &upstream, None)?;
+        up.headers_mut().insert(upgrade::UPGRADE, protocol.clone());
+        let resp = sender.send_request(up).await.map_err(|e| ProxyError::Upstream(e.to_string()))?;
+        if resp.headers().get(upgrade::UPGRADED).is_none() {
+            // The app did not switch (e.g. refused the WebSocket handshake): its answer as is.
+            return Ok(self.guard(resp, in_flight));
+        }
+        let (mut head, peer_body) = resp.into_parts();
+        head.status = http::StatusCode::SWITCHING_PROTOCOLS;
+        head.version = Version::HTTP_11;
+        head.headers.remove(upgrade::UPGRADED);
+        head.headers.remove(header::CONTENT_LENGTH);
+        head.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        head.headers.insert(header::UPGRADE, protocol);
+        tokio::spawn(async move {
+            match on_upgrade.await {
+                Ok(client) => upgrade::tunnel(hyper_util::rt::TokioIo::new(client), tx, peer_body).await,
+                Err(e) => tracing::debug!(error = %e, "client connection did not upgrade"),
+            }
+            drop(in_flight);
+        });
+        Ok(Response::from_parts(head, http_body_util::Empty::new().map_err(|n| match n {}).boxed_unsync()))
+    }
+
     /// One attempt on one endpoint. Returns the result and, when the attempt
-    /// failed in a way a retry could fix, its outcome.
+    /// failed in a way a retry could fix, its outcome (and then remembers the
+    /// endpoint in `tried`, so a retry goes elsewhere when it can).
     async fn attempt(
         &self,
         service: &str,
@@ -118,30 +189,30 @@ impl Outbound {
         tried: &mut Vec<String>,
     ) -> (Result<Response<Incoming>, ProxyError>, Option<Outcome>) {
         let set = upstream.set.load_full();
-        // A retry goes elsewhere when it can: endpoints already tried for
-        // this request are skipped unless nothing else is available.
-        let fresh = |i: EndpointIdx| {
-            set.outliers.is_available(i) && set.balancer.endpoint(i).is_some_and(|e| !tried.contains(&e.id))
-        };
         let available = |i| set.outliers.is_available(i);
-        let idx = set
-            .balancer
-            .pick(&PickContext::new().with_filter(&fresh))
-            .or_else(|| set.balancer.pick(&PickContext::new().with_filter(&available)));
-        let picked = idx.and_then(|idx| {
-            Some((idx, set.balancer.endpoint(idx)?.address.clone(), set.identities.get(idx.index())?.clone()))
-        });
-        let Some((idx, address, expected)) = picked else {
+        // Hash policies route by the configured header's value (borrowed, no copy).
+        let key = upstream.hash_header.as_ref().and_then(|h| parts.headers.get(h)).map(HeaderValue::as_bytes);
+        let idx = {
+            let ctx = key.map_or_else(PickContext::new, |k| PickContext::new().with_hash_key(k));
+            if tried.is_empty() {
+                set.balancer.pick(&ctx.with_filter(&available))
+            } else {
+                // Endpoints already tried for this request are skipped unless
+                // nothing else is available.
+                let fresh = |i: EndpointIdx| {
+                    set.outliers.is_available(i) && set.balancer.endpoint(i).is_some_and(|e| !tried.contains(&e.id))
+                };
+                set.balancer.pick(&ctx.with_filter(&fresh)).or_else(|| set.balancer.pick(&ctx.with_filter(&available)))
+            }
+        };
+        let Some((idx, slot)) = idx.and_then(|idx| Some((idx, set.conn(idx, &self.pool)?))) else {
             return (Err(ProxyError::NoEndpoints(service.to_string())), None);
         };
-        if let Some(e) = set.balancer.endpoint(idx) {
-            tried.push(e.id.clone());
-        }
         let admission = set.outliers.try_admit(idx);
         let load = set.balancer.start(idx);
         let result = async {
-            let mut sender = self.pool.get(&address, &expected).await?;
-            let req = to_upstream(parts, body, service, deadline)?;
+            let mut sender = self.pool.get(slot).await?;
+            let req = to_upstream(parts, body.boxed_unsync(), upstream, deadline)?;
             let send = sender.send_request(req);
             match deadline {
                 Some(d) => match tokio::time::timeout(d.saturating_duration_since(Instant::now()), send).await {
@@ -166,6 +237,11 @@ impl Outbound {
             l.finish(outcome.as_ref().map(Feedback::from).unwrap_or(Feedback::Responded));
         }
         let retryable = outcome.filter(|o| !matches!(o, Outcome::Grpc(tonic::Code::Ok)) && !is_success(o));
+        if retryable.is_some()
+            && let Some(e) = set.balancer.endpoint(idx)
+        {
+            tried.push(e.id.clone());
+        }
         (result, retryable)
     }
 
@@ -174,7 +250,7 @@ impl Outbound {
         // response body ends (streams count for as long as they are open).
         resp.map(|b| {
             let inner = NonEmpty(b.map_err(Into::into).boxed_unsync()).boxed_unsync();
-            Guarded { inner, _in_flight: in_flight }.boxed_unsync()
+            Guarded { inner, _in_flight: in_flight, idle: self.stream_idle_timeout, timer: None }.boxed_unsync()
         })
     }
 }
@@ -183,10 +259,16 @@ fn is_success(o: &Outcome) -> bool {
     matches!(o, Outcome::Http(s) if s.is_success() || s.is_informational() || s.is_redirection())
 }
 
-/// A response body that holds its request's concurrency slot until it ends.
+/// A response body that holds its request's concurrency slot until it ends,
+/// and ends it with an error when no frame came for `idle` (a stream's idle
+/// timeout: streams have no total timeout, but a silent one is cut).
 struct Guarded {
     inner: Body,
     _in_flight: InFlight,
+    idle: Duration,
+    /// Armed on the first wait only: most unary responses are complete when
+    /// their head arrives, and never need a timer.
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl hyper::body::Body for Guarded {
@@ -197,7 +279,26 @@ impl hyper::body::Body for Guarded {
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        std::pin::Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+        use std::task::Poll;
+        let this = self.get_mut();
+        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                if let Some(t) = this.timer.as_mut() {
+                    t.as_mut().reset(tokio::time::Instant::now() + this.idle);
+                }
+                Poll::Ready(frame)
+            }
+            Poll::Pending => {
+                let idle = this.idle;
+                let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        Poll::Ready(Some(Err(format!("stream idle for {idle:?} (stream_idle_timeout)").into())))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {
@@ -252,21 +353,24 @@ fn format_grpc_timeout(d: Duration) -> HeaderValue {
 /// = service, hop-by-hop headers dropped, the remaining deadline forwarded.
 fn to_upstream(
     original: &http::request::Parts,
-    body: ReplayBody,
-    service: &str,
+    body: Body,
+    upstream: &Upstream,
     deadline: Option<Instant>,
 ) -> Result<Request<Body>, ProxyError> {
     let http1 = original.version < Version::HTTP_2;
-    let path = original.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let uri = Uri::builder()
-        .scheme("https")
-        .authority(service)
-        .path_and_query(path)
-        .build()
-        .map_err(|e| ProxyError::Upstream(format!("bad request URI: {e}")))?;
-    let mut req = Request::new(body.boxed_unsync());
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(http::uri::Scheme::HTTPS);
+    uri.authority = Some(
+        upstream
+            .authority
+            .clone()
+            .ok_or_else(|| ProxyError::Upstream(format!("{:?} is not a valid authority", upstream.service)))?,
+    );
+    uri.path_and_query =
+        Some(original.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")));
+    let mut req = Request::new(body);
     *req.method_mut() = original.method.clone();
-    *req.uri_mut() = uri;
+    *req.uri_mut() = Uri::from_parts(uri).map_err(|e| ProxyError::Upstream(format!("bad request URI: {e}")))?;
     *req.version_mut() = Version::HTTP_2;
     let headers = req.headers_mut();
     *headers = original.headers.clone();

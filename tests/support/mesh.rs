@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, BodyStream, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use redfire::control::config::Config;
+use redfire::control::config::{Config, Settings};
 use redfire::control::identity::ca::Ca;
 use redfire::control::identity::token;
 use redfire::control::server::Control;
@@ -26,7 +26,8 @@ use super::{control, eventually, http_get, settings};
 pub type BoxBody = http_body_util::combinators::UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 /// An app that streams the request body back, echoes the caller identity,
-/// the protocol version and the `grpc-timeout` it received in headers, and
+/// the protocol version, the `grpc-timeout` and the `traceparent` it received
+/// in headers (`x-peer`, `x-app-version`, `x-grpc-timeout`, `x-traceparent`), and
 /// ends with gRPC trailers. A path ending in `/Hang` never answers.
 pub async fn echo_app(http1: bool) -> SocketAddr {
     serve_app(http1, |req: Request<Incoming>| async move {
@@ -35,6 +36,7 @@ pub async fn echo_app(http1: bool) -> SocketAddr {
         }
         let peer = req.headers().get("x-redfire-peer-identity").cloned();
         let timeout = req.headers().get("grpc-timeout").cloned();
+        let traceparent = req.headers().get("traceparent").cloned();
         let version = format!("{:?}", req.version());
         let frames = BodyStream::new(req.into_body()).map(|f| f.map_err(Into::into));
         let mut trailers = HeaderMap::new();
@@ -49,6 +51,9 @@ pub async fn echo_app(http1: bool) -> SocketAddr {
         }
         if let Some(t) = timeout {
             resp.headers_mut().insert("x-grpc-timeout", t);
+        }
+        if let Some(t) = traceparent {
+            resp.headers_mut().insert("x-traceparent", t);
         }
         Ok::<_, Infallible>(resp)
     })
@@ -71,8 +76,61 @@ pub async fn unary_app() -> SocketAddr {
     .await
 }
 
+/// A unary gRPC-style app that names itself: every response carries
+/// `x-instance: <name>` (to see which endpoint the balancer picked).
+pub async fn named_app(name: &'static str) -> SocketAddr {
+    serve_app(false, move |req: Request<Incoming>| async move {
+        let _ = req.into_body().collect().await;
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        let body: BoxBody = StreamBody::new(futures::stream::iter(vec![Ok(Frame::trailers(trailers))])).boxed_unsync();
+        let mut resp = Response::new(body);
+        resp.headers_mut().insert("content-type", HeaderValue::from_static("application/grpc"));
+        resp.headers_mut().insert("x-instance", HeaderValue::from_static(name));
+        Ok::<_, Infallible>(resp)
+    })
+    .await
+}
+
+/// One more in-process sidecar for `service` beside `app`, registered with
+/// `control` as instance `instance_id`; `extra` overrides the defaults.
+pub async fn sidecar_for(
+    control: &Control,
+    service: &str,
+    instance_id: &str,
+    app: SocketAddr,
+    app_protocol: &str,
+    extra: SidecarSettings,
+) -> Sidecar {
+    let ca = Ca::load(Config::from_settings(settings()).unwrap().ca).await.unwrap();
+    let tok = token::create(&ca, "default", service, Duration::from_secs(600)).unwrap();
+    let config = SidecarConfig::from_settings(extra.or(SidecarSettings {
+        control_addr: Some(format!("http://{}", control.grpc_addr)),
+        service: Some(service.into()),
+        instance_id: Some(instance_id.into()),
+        bootstrap_token: Some(tok),
+        inbound_addr: Some("127.0.0.1:0".into()),
+        outbound_addr: Some("127.0.0.1:0".into()),
+        admin_addr: Some("127.0.0.1:0".into()),
+        app_addr: Some(app.to_string()),
+        app_protocol: Some(app_protocol.into()),
+        shutdown_grace: Some("2s".into()),
+        log_level: Some("warn".into()),
+        ..Default::default()
+    }))
+    .unwrap();
+    Sidecar::start(config).await.unwrap()
+}
+
+/// The number of endpoints of `service` the sidecar with admin port `admin` knows.
+pub async fn endpoint_count(admin: SocketAddr, service: &str) -> usize {
+    let (_, body) = http_get(admin, "/admin/endpoints").await;
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    json[service]["endpoints"].as_array().map_or(0, Vec::len)
+}
+
 /// Serves `handle` on a free 127.0.0.1 port, HTTP/1.1 or h2c, until the test ends.
-async fn serve_app<F, Fut>(http1: bool, handle: F) -> SocketAddr
+pub async fn serve_app<F, Fut>(http1: bool, handle: F) -> SocketAddr
 where
     F: Fn(Request<Incoming>) -> Fut + Copy + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<Response<BoxBody>, Infallible>> + Send + 'static,
@@ -82,6 +140,7 @@ where
     tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else { return };
+            let _ = tcp.set_nodelay(true);
             tokio::spawn(async move {
                 let io = TokioIo::new(tcp);
                 let svc = service_fn(handle);
@@ -104,8 +163,25 @@ pub struct Mesh {
 }
 
 pub async fn mesh(app: SocketAddr, app_protocol: &str, client: Option<SidecarSettings>) -> Mesh {
-    let control = control(settings()).await;
-    let ca = Ca::load(Config::from_settings(settings()).unwrap().ca).await.unwrap();
+    mesh_with(app, app_protocol, client.unwrap_or_default(), SidecarSettings::default()).await
+}
+
+/// [`mesh`] with extra settings for the server side too.
+pub async fn mesh_with(app: SocketAddr, app_protocol: &str, client: SidecarSettings, server: SidecarSettings) -> Mesh {
+    mesh_full(settings(), app, app_protocol, client, server).await
+}
+
+/// [`mesh_with`] on a control started with `control_settings` (which must
+/// name a fixed CA directory, as [`settings`] does).
+pub async fn mesh_full(
+    control_settings: Settings,
+    app: SocketAddr,
+    app_protocol: &str,
+    client: SidecarSettings,
+    server: SidecarSettings,
+) -> Mesh {
+    let control = control(control_settings.clone()).await;
+    let ca = Ca::load(Config::from_settings(control_settings).unwrap().ca).await.unwrap();
     let sidecar = |service: &str, upstreams: Option<String>, app_addr: String, extra: SidecarSettings| {
         let tok = token::create(&ca, "default", service, Duration::from_secs(600)).unwrap();
         SidecarConfig::from_settings(extra.or(SidecarSettings {
@@ -124,15 +200,9 @@ pub async fn mesh(app: SocketAddr, app_protocol: &str, client: Option<SidecarSet
         }))
         .unwrap()
     };
-    let server_side = Sidecar::start(sidecar("echo", None, app.to_string(), SidecarSettings::default())).await.unwrap();
-    let client_side = Sidecar::start(sidecar(
-        "client",
-        Some("echo=127.0.0.1:0".into()),
-        "127.0.0.1:9".into(),
-        client.unwrap_or_default(),
-    ))
-    .await
-    .unwrap();
+    let server_side = Sidecar::start(sidecar("echo", None, app.to_string(), server)).await.unwrap();
+    let client_side =
+        Sidecar::start(sidecar("client", Some("echo=127.0.0.1:0".into()), "127.0.0.1:9".into(), client)).await.unwrap();
     let ready = eventually(Duration::from_secs(10), || async {
         let (_, body) = http_get(client_side.admin_addr, "/admin/endpoints").await;
         http_get(client_side.admin_addr, "/ready").await.0 == 200
@@ -146,6 +216,8 @@ pub async fn mesh(app: SocketAddr, app_protocol: &str, client: Option<SidecarSet
 
 pub async fn h2c_client(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<BoxBody> {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // Without it, Nagle + delayed ACKs add ~40 ms to every request.
+    tcp.set_nodelay(true).unwrap();
     let (sender, conn) =
         hyper::client::conn::http2::Builder::new(TokioExecutor::new()).handshake(TokioIo::new(tcp)).await.unwrap();
     tokio::spawn(conn);

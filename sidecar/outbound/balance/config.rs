@@ -63,18 +63,28 @@ impl Default for PeakEwmaConfig {
 /// Prefer endpoints in the caller's own zone while enough of them are up.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ZonePreference {
-    /// The zone this sidecar runs in.
+    /// The zone this sidecar runs in (the registry's `zone` of an instance).
     pub local_zone: String,
-    /// Stay in the zone only while at least this many of its endpoints are
-    /// available; below that, the few left would take the whole zone's
-    /// traffic, so spread over every zone instead.
-    pub min_available: usize,
+    /// Stay in the zone only while at least this percentage (0..=100) of its
+    /// endpoints is available, counted against every instance registered
+    /// there (also those reporting NOT_SERVING), and at least one. Below
+    /// that, the few left would take the whole zone's traffic, so requests
+    /// spread over every zone instead.
+    pub min_healthy_percent: u8,
 }
 
 impl ZonePreference {
-    /// Prefer `local_zone` while at least two of its endpoints are available.
+    /// The default share of the zone that must be up to stay in it.
+    pub const DEFAULT_MIN_HEALTHY_PERCENT: u8 = 50;
+
+    /// Prefer `local_zone` while at least half of its endpoints are available.
     pub fn new(local_zone: impl Into<String>) -> Self {
-        ZonePreference { local_zone: local_zone.into(), min_available: 2 }
+        ZonePreference { local_zone: local_zone.into(), min_healthy_percent: Self::DEFAULT_MIN_HEALTHY_PERCENT }
+    }
+
+    /// How many of a zone of `size` endpoints must be available (at least 1).
+    pub fn min_available(&self, size: usize) -> usize {
+        (size * usize::from(self.min_healthy_percent.min(100))).div_ceil(100).max(1)
     }
 }
 

@@ -169,11 +169,52 @@ fn zone_preference_stays_local_while_enough_are_up() {
         let c = counts(&b, 300, &PickContext::new());
         assert_eq!(c[1] + c[3], 0, "{policy:?}: {c:?}");
         assert!(c[0] > 0 && c[2] > 0 && c[4] > 0, "{policy:?}: {c:?}");
-        // One local endpoint left (a): below the minimum of 2, spread over all.
+        // One local endpoint left (a): below half of the zone's 3, spread over all.
         let only_a_local = |i: EndpointIdx| ![2, 4].contains(&i.index());
         let c = counts(&b, 300, &PickContext::new().with_filter(&only_a_local));
         assert!(c[1] > 0 && c[3] > 0 && c[2] + c[4] == 0, "{policy:?}: {c:?}");
     }
+}
+
+#[test]
+fn zone_preference_counts_registered_but_not_serving_instances_as_down() {
+    fastrand::seed(14);
+    // Two local endpoints serving, but four registered in the zone (two
+    // report NOT_SERVING and are not in the set): 2 of 4 is exactly the
+    // default half, so stay; one ejection more and the zone spills over.
+    let endpoints = vec![
+        endpoint("a", 1, "eu-1a"),
+        endpoint("b", 1, "eu-1b"),
+        endpoint("c", 1, "eu-1a"),
+        endpoint("d", 1, "eu-1b"),
+    ];
+    let config = BalanceConfig { zone: Some(ZonePreference::new("eu-1a")), ..BalanceConfig::default() };
+    let b = Balancer::with_zone_registered(endpoints.clone(), config.clone(), 4);
+    let c = counts(&b, 200, &PickContext::new());
+    assert_eq!(c[1] + c[3], 0, "{c:?}");
+    let c_ejected = |i: EndpointIdx| i.index() != 2;
+    let c = counts(&b, 200, &PickContext::new().with_filter(&c_ejected));
+    assert!(c[1] > 0 && c[3] > 0, "1 of 4 up is under half: {c:?}");
+    // With five registered, two up is under half already.
+    let b = b.update_with_zone_registered(endpoints.clone(), 5);
+    let c = counts(&b, 200, &PickContext::new());
+    assert!(c[1] > 0 && c[3] > 0, "2 of 5: {c:?}");
+    // A stricter threshold (all of the zone) spills as soon as one is out.
+    let strict = ZonePreference { min_healthy_percent: 100, ..ZonePreference::new("eu-1a") };
+    let b = Balancer::new(endpoints, BalanceConfig { zone: Some(strict), ..config });
+    assert_eq!(counts(&b, 100, &PickContext::new())[1], 0);
+    let c = counts(&b, 200, &PickContext::new().with_filter(&c_ejected));
+    assert!(c[1] > 0, "{c:?}");
+}
+
+#[test]
+fn zone_preference_thresholds() {
+    let z = |pct| ZonePreference { min_healthy_percent: pct, ..ZonePreference::new("z") };
+    assert_eq!(z(50).min_available(3), 2);
+    assert_eq!(z(50).min_available(4), 2);
+    assert_eq!(z(0).min_available(4), 1, "at least one");
+    assert_eq!(z(100).min_available(7), 7);
+    assert_eq!(z(200).min_available(7), 7, "capped at the whole zone");
 }
 
 #[test]
@@ -277,6 +318,44 @@ proptest! {
     }
 
     #[test]
+    fn least_request_shares_held_requests_by_weight(ws in proptest::collection::vec(1u32..=5, 2..8), seed: u64) {
+        // Requests that stay in flight (long streams): candidates drawn by
+        // weight and compared per unit of weight keep in-flight per weight
+        // level (20 on average here).
+        fastrand::seed(seed);
+        let total: u32 = ws.iter().sum();
+        let b = balancer(Policy::LeastRequest, set(&ws));
+        let held: Vec<RequestLoad> = (0..total * 20)
+            .map(|_| b.start(b.pick(&PickContext::new()).expect("an endpoint")).expect("own index"))
+            .collect();
+        let per_weight: Vec<f64> = ws
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| f64::from(b.outstanding(EndpointIdx::new(i)).expect("own index")) / f64::from(w))
+            .collect();
+        let (lo, hi) = per_weight.iter().fold((f64::MAX, 0.0f64), |(lo, hi), &r| (lo.min(r), hi.max(r)));
+        prop_assert!(hi <= 22.0 && lo >= 15.0, "in flight per weight {:?}", per_weight);
+        drop(held);
+    }
+
+    #[test]
+    fn peak_ewma_levels_held_requests_over_equal_endpoints(n in 2usize..10, seed: u64) {
+        // Equal latency estimates: the cost is the in-flight count, and P2C
+        // keeps the busiest endpoint within a couple of the average (20).
+        // (Candidates are drawn uniformly, so weights shift traffic only
+        // within pairs: an endpoint never gets more than 2/n of the picks.)
+        fastrand::seed(seed);
+        let b = balancer(Policy::PeakEwma, set(&vec![1; n]));
+        let held: Vec<RequestLoad> = (0..n * 20)
+            .map(|_| b.start(b.pick(&PickContext::new()).expect("an endpoint")).expect("own index"))
+            .collect();
+        let out: Vec<u32> = (0..n).map(|i| b.outstanding(EndpointIdx::new(i)).expect("own index")).collect();
+        let (lo, hi) = (out.iter().min().copied().unwrap_or(0), out.iter().max().copied().unwrap_or(0));
+        prop_assert!(hi <= 22 && lo >= 14, "in flight {:?}", out);
+        drop(held);
+    }
+
+    #[test]
     fn no_policy_picks_an_unavailable_or_absent_endpoint(ws in weights(), mask: u16, seed: u64, key: Option<u32>) {
         fastrand::seed(seed);
         let up = |i: EndpointIdx| mask & (1 << i.index()) != 0;
@@ -361,6 +440,28 @@ proptest! {
         // depend on its own weight only, so no other key moves at all.
         let gone = format!("e{}", leaver.index(ws.len()));
         prop_assert_eq!(kept_after_leaving(Policy::RingHash, &ws, &gone, &keys(3000)), 1.0);
+    }
+
+    #[test]
+    fn hash_policies_move_keys_only_to_an_endpoint_that_joins(
+        ws in proptest::collection::vec(100u32..=300, 1..20),
+        w in 100u32..=300,
+    ) {
+        let ks = keys(3000);
+        for policy in [Policy::RingHash, Policy::Maglev] {
+            let b = balancer(policy, set(&ws));
+            let before = placement(&b, &ks);
+            let mut grown = set(&ws);
+            grown.push(endpoint("joiner", w, ""));
+            let after = placement(&b.update(grown), &ks);
+            let moved_elsewhere =
+                before.iter().zip(&after).filter(|(was, now)| was != now && now.as_str() != "joiner").count();
+            let share = moved_elsewhere as f64 / ks.len() as f64;
+            // Ring hash: exactly none; Maglev's table reshuffles a little.
+            let limit = if policy == Policy::RingHash { 0.0 } else { 0.05 };
+            prop_assert!(share <= limit, "{:?}: {} of the keys moved between old endpoints", policy, share);
+            prop_assert!(after.iter().any(|id| id == "joiner"), "{:?}: the joiner got no key", policy);
+        }
     }
 
     #[test]

@@ -88,6 +88,8 @@ struct Service {
     /// The current endpoint set; the lock serializes ejections so the
     /// max-ejection rule counts each one.
     members: Mutex<Vec<Arc<EndpointState>>>,
+    /// Ejections so far (first ones and failed probes), for `/metrics`.
+    ejections: AtomicU64,
 }
 
 impl Service {
@@ -123,7 +125,8 @@ pub struct Admission {
 impl OutlierDetector {
     /// A detector for `endpoints`, all healthy.
     pub fn new(endpoints: &[Endpoint], config: OutlierConfig) -> Self {
-        let service = Service { epoch: Instant::now(), config, members: Mutex::new(Vec::new()) };
+        let service =
+            Service { epoch: Instant::now(), config, members: Mutex::new(Vec::new()), ejections: AtomicU64::new(0) };
         Self::build(endpoints, Arc::new(service), &HashMap::new())
     }
 
@@ -200,6 +203,13 @@ impl OutlierDetector {
     pub fn ejected(&self) -> usize {
         self.endpoints.iter().filter(|e| e.gate.load(Ordering::Acquire) != OPEN).count()
     }
+
+    /// Ejections of the service's endpoints since its first detector was
+    /// built (counting re-ejections after a failed probe); carried across
+    /// updates.
+    pub fn ejections(&self) -> u64 {
+        self.service.ejections.load(Ordering::Relaxed)
+    }
 }
 
 impl Admission {
@@ -228,6 +238,7 @@ impl Admission {
                 history.times_ejected = history.times_ejected.saturating_add(1);
                 let until = now + service.ejection_for(history.times_ejected);
                 endpoint.gate.store(service.stamp(until), Ordering::Release);
+                service.ejections.fetch_add(1, Ordering::Relaxed);
             } else {
                 history.healthy_since = now;
                 endpoint.consecutive.store(0, Ordering::Release);
@@ -281,6 +292,7 @@ fn try_eject(endpoint: &Arc<EndpointState>, service: &Service) {
     let until = now + service.ejection_for(history.times_ejected);
     endpoint.consecutive.store(0, Ordering::Release);
     endpoint.gate.store(service.stamp(until), Ordering::Release);
+    service.ejections.fetch_add(1, Ordering::Relaxed);
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -48,6 +48,7 @@ async fn ejects_after_exactly_five_consecutive_failures() {
     assert!(d.try_admit(idx(0)).is_none());
     assert!(d.is_available(idx(1)), "the others are untouched");
     assert_eq!(d.ejected(), 1);
+    assert_eq!(d.ejections(), 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -79,6 +80,8 @@ async fn ejection_lasts_30_s_then_a_failed_probe_ejects_for_60_s() {
     tokio::time::advance(60 * SEC).await;
     d.try_admit(idx(0)).expect("second trial").failure();
     assert_eq!(d.health(idx(0)), Some(EndpointHealth::Ejected(90 * SEC)));
+    assert_eq!(d.ejections(), 3, "the first ejection and two failed trials");
+    assert_eq!(d.update(&[]).ejections(), 3, "the count outlives endpoint-set updates");
 }
 
 #[tokio::test(start_paused = true)]

@@ -1,0 +1,21 @@
+//! The event bus (`redfire.events.v1`): topics with consumer groups,
+//! at-least-once delivery under leases, redelivery with delivery counts, dead
+//! letters, replay, and per-aggregate append with an expected version.
+//!
+//! - [`model`] — positions, the envelope, names, errors.
+//! - [`store`] — the [`store::EventStore`] trait, implemented by
+//!   [`memory`] (embedded default) and [`redis`] (Redis Streams + Lua).
+//! - [`subscription`] — one subscriber's delivery loop (bounded in-flight),
+//!   used by the gRPC service and by in-process code.
+//! - [`service`] — the gRPC boundary.
+//! - [`metrics`] — per topic/group counters, lag, end-to-end latency.
+//! - [`client`] — a small Rust client of the gRPC API.
+
+pub mod client;
+pub mod memory;
+pub mod metrics;
+pub mod model;
+pub mod redis;
+pub mod service;
+pub mod store;
+pub mod subscription;
