@@ -10,6 +10,8 @@
 //!   them and each decision can be tested on its own with paused time;
 //! - [`policy`] — service authorization, JWT and RBAC enforced at inbound,
 //!   Watched from control;
+//! - [`ratelimit`] — per-rule rate limits (four algorithms, in memory or
+//!   shared through Redis, fail-open or fail-closed) and their responses;
 //! - [`transport`] — mTLS between sidecars (TLS 1.3, SPIFFE identities);
 //! - [`gateway`] — gateway mode: the external ingress with its route table.
 
@@ -25,6 +27,7 @@ pub mod inbound;
 pub mod metrics;
 pub mod outbound;
 pub mod policy;
+pub mod ratelimit;
 pub mod registration;
 pub mod server;
 pub mod trace;

@@ -103,6 +103,23 @@ impl RedisServer {
         }
     }
 
+    /// SIGSTOP: Redis stops answering but keeps its sockets open, like a
+    /// stalled or blackholed server (sent to the pid this test started).
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`RedisServer::pause`].
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("redis-server is running").id();
+        let ok = Command::new("kill").args([sig, &pid.to_string()]).status().expect("run kill").success();
+        assert!(ok, "kill {sig} {pid}");
+    }
+
     /// A fresh, empty redis-server on the same port.
     pub fn restart(&mut self) {
         self.kill();
