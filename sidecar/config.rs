@@ -110,6 +110,12 @@ pub struct Settings {
     /// Requests in flight per upstream service before fast failure [default: 1024]
     #[arg(long, env = "REDFIRE_MAX_IN_FLIGHT")]
     pub max_in_flight: Option<String>,
+    /// Redis for policy rate limits with storage = "redis", shared by every proxy [default: none]
+    #[arg(long, env = "REDFIRE_RATELIMIT_REDIS_URL")]
+    pub ratelimit_redis_url: Option<String>,
+    /// Key prefix of those rate limits in Redis [default: redfire]
+    #[arg(long, env = "REDFIRE_RATELIMIT_REDIS_PREFIX")]
+    pub ratelimit_redis_prefix: Option<String>,
     /// Consecutive failures that eject an endpoint from balancing [default: 5]
     #[arg(long, env = "REDFIRE_EJECTION_FAILURES")]
     pub ejection_failures: Option<String>,
@@ -286,6 +292,10 @@ pub struct Config {
     pub max_in_flight: usize,
     /// Drain grace period.
     pub shutdown_grace: Duration,
+    /// Redis for shared rate limits.
+    pub ratelimit_redis_url: Option<String>,
+    /// Their key prefix.
+    pub ratelimit_redis_prefix: String,
     /// Consecutive failures that eject an endpoint.
     pub ejection_failures: u32,
     /// First ejection's length.
@@ -334,6 +344,8 @@ impl Settings {
             app_health_healthy_threshold,
             max_in_flight,
             shutdown_grace,
+            ratelimit_redis_url,
+            ratelimit_redis_prefix,
             ejection_failures,
             ejection_time,
             stream_idle_timeout,
@@ -501,6 +513,8 @@ impl Config {
             app_health,
             max_in_flight,
             shutdown_grace: duration("shutdown_grace", s.shutdown_grace, "10s")?,
+            ratelimit_redis_url: s.ratelimit_redis_url.filter(|u| !u.is_empty()),
+            ratelimit_redis_prefix: s.ratelimit_redis_prefix.unwrap_or_else(|| "redfire".into()),
             ejection_failures: match s.ejection_failures.as_deref().unwrap_or("5").parse::<u32>() {
                 Ok(n) if (1..=1000).contains(&n) => n,
                 _ => return Err(err("ejection_failures", "must be a number in 1..=1000")),

@@ -7,7 +7,7 @@
 //! (any copy the caller sent is replaced). Requests that entered the mesh as
 //! HTTP/1.1 reach an HTTP/1.1 app as HTTP/1.1; bodies stream both ways.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -209,7 +209,7 @@ impl Inbound {
         let svc = service_fn(move |req| {
             let this = this.clone();
             let peer = peer.clone();
-            async move { Ok::<_, std::convert::Infallible>(this.handle(req, peer).await) }
+            async move { Ok::<_, std::convert::Infallible>(this.handle(req, peer, remote.ip()).await) }
         });
         let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -232,7 +232,7 @@ impl Inbound {
         }
     }
 
-    async fn handle(&self, mut req: Request<Incoming>, peer: Option<HeaderValue>) -> Response<Body> {
+    async fn handle(&self, mut req: Request<Incoming>, peer: Option<HeaderValue>, remote: IpAddr) -> Response<Body> {
         let started = Instant::now();
         let span = trace::hop_span("inbound", &self.service, req.headers(), req.uri().path());
         if let Some(span) = &span {
@@ -246,7 +246,7 @@ impl Inbound {
         let (mut parts, body) = req.into_parts();
         // No SPIFFE ID in the certificate: no identity (matches no rule).
         let caller = peer.as_ref().and_then(|p| p.to_str().ok()).filter(|p| !p.is_empty());
-        if let Err(e) = self.policy.enforce(&mut parts, caller).await {
+        if let Err(e) = self.policy.enforce(&mut parts, caller, remote).await {
             let resp = self.metrics.observe("inbound", &self.service, e.respond(grpc), started.elapsed());
             if let Some(span) = &span {
                 trace::record_status(span, resp.status());

@@ -25,6 +25,7 @@ pub mod path;
 pub mod rbac;
 pub mod roles;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,6 +40,8 @@ use crate::proto::policy::v1 as pb;
 use crate::proto::policy::v1::policy_client::PolicyClient;
 use crate::sidecar::errors::ProxyError;
 use crate::sidecar::metrics::Metrics;
+use crate::sidecar::ratelimit::config::from_policy_tables;
+use crate::sidecar::ratelimit::{RateLimitMetrics, RateLimiter, RedisBackend, RequestFacts};
 use authz::Authz;
 use jwks::JwksRegistry;
 use jwt::JwtAuth;
@@ -88,6 +91,8 @@ pub struct Admitted {
     pub add: Vec<(HeaderName, HeaderValue)>,
     /// The normalised path and original query, when it differs from the request's.
     pub path_and_query: Option<String>,
+    /// The verified token's claims (rate limits may key on them).
+    pub claims: Option<jwt::Claims>,
 }
 
 impl Admitted {
@@ -120,14 +125,16 @@ pub struct Compiled {
     jwt: Option<JwtAuth>,
     rbac: Option<Rbac>,
     roles: Option<RoleLookup>,
-    /// Rate-limit rules as given (hook for `crate::sidecar::ratelimit`).
+    /// Rate-limit rules as given.
     pub rate_limits: Vec<toml::Table>,
+    /// The limiter built from `rate_limits` (none when there are no rules).
+    limiter: Option<RateLimiter>,
 }
 
 impl Compiled {
     /// No policy: everything passes unchanged.
     pub fn none() -> Compiled {
-        Compiled { version: 0, authz: None, jwt: None, rbac: None, roles: None, rate_limits: Vec::new() }
+        Compiled { version: 0, authz: None, jwt: None, rbac: None, roles: None, rate_limits: Vec::new(), limiter: None }
     }
 
     /// Compiles a document; JWKS caches come from `registry`.
@@ -139,7 +146,29 @@ impl Compiled {
             rbac: doc.rbac.as_ref().map(Rbac::new),
             roles: doc.rbac.as_ref().and_then(|r| r.redis.as_ref()).map(RoleLookup::new).transpose()?,
             rate_limits: doc.rate_limits.clone(),
+            limiter: None,
         })
+    }
+
+    /// Builds the limiter of `rate_limits`, carrying counters over from
+    /// `previous` (the limiter of the version in force) where rules stay.
+    fn with_limiter(
+        mut self,
+        previous: Option<&RateLimiter>,
+        redis: Option<&RedisBackend>,
+        metrics: &RateLimitMetrics,
+    ) -> Result<Compiled, String> {
+        if self.rate_limits.is_empty() {
+            return Ok(self);
+        }
+        let config = from_policy_tables(&self.rate_limits)?;
+        let limiter = match previous {
+            Some(p) => p.reload(&config),
+            None => RateLimiter::with_metrics(&config, redis.cloned(), metrics.clone()),
+        }
+        .map_err(|e| format!("rate_limits: {e}"))?;
+        self.limiter = Some(limiter);
+        Ok(self)
     }
 
     /// The JWT part, if any.
@@ -186,6 +215,7 @@ impl Compiled {
                 .map_err(|reason| Rejection::Forbidden { stage: "rbac", reason })?;
         }
         admitted.add = jwt.headers(&claims);
+        admitted.claims = Some(claims);
         Ok(admitted)
     }
 }
@@ -200,6 +230,36 @@ pub struct Policy {
     document: std::sync::Mutex<String>,
     synced: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
+    limits: Limits,
+}
+
+/// What the rate limiters of every policy version share.
+#[derive(Clone, Debug, Default)]
+pub struct Limits {
+    /// Redis for rules with `storage = "redis"` (none: such rules are refused).
+    pub redis: Option<RedisBackend>,
+    /// Counters, registered once in the sidecar's registry.
+    pub metrics: RateLimitMetrics,
+}
+
+/// Why a request was refused: a policy decision, or a rate limit (whose
+/// response carries `Retry-After` and `RateLimit-*`).
+#[derive(Debug)]
+pub enum Refused {
+    /// Authentication, authorization, or no policy yet.
+    Policy(ProxyError),
+    /// Limited (429 / RESOURCE_EXHAUSTED) or, fail-closed, the limit store is down (503).
+    Limited(http::Response<crate::sidecar::Body>),
+}
+
+impl Refused {
+    /// The response for the caller.
+    pub fn respond(self, grpc: bool) -> http::Response<crate::sidecar::Body> {
+        match self {
+            Refused::Policy(e) => e.respond(grpc),
+            Refused::Limited(r) => r,
+        }
+    }
 }
 
 impl Policy {
@@ -211,6 +271,7 @@ impl Policy {
             document: Default::default(),
             synced: watch::channel(true).1,
             metrics,
+            limits: Limits::default(),
         })
     }
 
@@ -219,6 +280,7 @@ impl Policy {
         control: &str,
         service: &str,
         metrics: Arc<Metrics>,
+        limits: Limits,
     ) -> Result<(Arc<Policy>, tokio::task::JoinHandle<()>), String> {
         let channel = GrpcEndpoint::from_shared(control.to_string())
             .map_err(|e| format!("control_addr: {e}"))?
@@ -233,6 +295,7 @@ impl Policy {
             document: Default::default(),
             synced,
             metrics,
+            limits,
         });
         let task = tokio::spawn(run(p.clone(), PolicyClient::new(channel), synced_tx));
         Ok((p, task))
@@ -255,19 +318,33 @@ impl Policy {
 
     /// Enforces the policy on `parts` (changing headers and path as
     /// admitted), recording refusals in the metrics.
-    pub async fn enforce(&self, parts: &mut Parts, peer: Option<&str>) -> Result<(), ProxyError> {
+    pub async fn enforce(&self, parts: &mut Parts, peer: Option<&str>, client_ip: IpAddr) -> Result<(), Refused> {
         if !self.synced() {
             let mut rx = self.synced.clone();
             if tokio::time::timeout(FIRST_SYNC_WAIT, rx.wait_for(|s| *s)).await.is_err() {
                 self.metrics.auth_failure(&self.service, "policy_not_loaded");
-                return Err(ProxyError::NoPolicy);
+                return Err(Refused::Policy(ProxyError::NoPolicy));
             }
         }
         let policy = self.current.load_full();
         match policy.check(parts, peer).await {
-            Ok(a) => {
+            Ok(mut a) => {
+                let claims = a.claims.take();
                 a.apply(parts);
-                Ok(())
+                let Some(limiter) = &policy.limiter else { return Ok(()) };
+                let facts = RequestFacts {
+                    method: &parts.method,
+                    path: parts.uri.path(),
+                    headers: &parts.headers,
+                    peer_ip: client_ip,
+                    claims: claims.as_deref(),
+                    route: None,
+                };
+                let decision = limiter.check(&facts).await;
+                match decision.respond(crate::sidecar::ratelimit::is_grpc(&parts.headers)) {
+                    Some(refused) => Err(Refused::Limited(refused)),
+                    None => Ok(()),
+                }
             }
             Err(r) => {
                 match &r {
@@ -275,7 +352,7 @@ impl Policy {
                     Rejection::Forbidden { stage, .. } => self.metrics.authz_denial(&self.service, stage),
                     Rejection::BadRequest(_) => self.metrics.auth_failure(&self.service, "bad_path"),
                 }
-                Err(r.into())
+                Err(Refused::Policy(r.into()))
             }
         }
     }
@@ -291,6 +368,10 @@ impl Policy {
             serde_json::from_str::<PolicyDoc>(&snap.document_json)
                 .map_err(|e| e.to_string())
                 .and_then(|doc| Compiled::new(snap.version, &doc, registry))
+                .and_then(|c| {
+                    let current = self.current.load();
+                    c.with_limiter(current.limiter.as_ref(), self.limits.redis.as_ref(), &self.limits.metrics)
+                })
         };
         match compiled {
             Ok(c) => {

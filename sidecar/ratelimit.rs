@@ -190,6 +190,18 @@ impl RateLimiter {
         RateLimiter::build(config, store, RateLimitMetrics::default(), None)
     }
 
+    /// [`RateLimiter::new`] counting into `metrics` (registered once by the
+    /// caller, shared by the limiters of later policy versions).
+    pub fn with_metrics(
+        config: &RateLimitConfig,
+        redis: Option<RedisBackend>,
+        metrics: RateLimitMetrics,
+    ) -> Result<RateLimiter, BuildError> {
+        let compiled = config.compile()?;
+        let store = redis.map(|b| RedisStore::new(b, compiled.redis_timeout, compiled.probe_interval));
+        RateLimiter::build(compiled, store, metrics, None)
+    }
+
     /// The limiter for a new policy version, carrying over what this one
     /// knows: a memory rule with the same name and the same algorithm and
     /// parameters keeps its counters (a reload must not hand every client a

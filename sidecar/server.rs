@@ -34,7 +34,8 @@ use crate::sidecar::inbound::Inbound;
 use crate::sidecar::metrics::Metrics;
 use crate::sidecar::outbound::pool::{CONNECTION_WINDOW, Pool, STREAM_WINDOW};
 use crate::sidecar::outbound::proxy::Outbound;
-use crate::sidecar::policy::Policy;
+use crate::sidecar::policy::{self, Policy};
+use crate::sidecar::ratelimit::{RateLimitMetrics, RedisBackend};
 use crate::sidecar::registration;
 use crate::sidecar::transport::tls::server_config;
 
@@ -140,14 +141,24 @@ impl Sidecar {
         }
         let mut metrics = Metrics::default();
         let gateway_metrics = config.gateway.is_some().then(|| GatewayMetrics::register(metrics.registry_mut()));
+        let limits = policy::Limits {
+            redis: match &config.ratelimit_redis_url {
+                Some(url) => {
+                    Some(RedisBackend::open(url, &config.ratelimit_redis_prefix).map_err(SidecarError::Start)?)
+                }
+                None => None,
+            },
+            metrics: RateLimitMetrics::default(),
+        };
+        limits.metrics.register(metrics.registry_mut());
         let metrics = Arc::new(metrics);
         let (creds, identity_task) =
             identity::spawn(IdentityConfig::new(config.control_addr.clone(), config.bootstrap_token.clone()))
                 .map_err(|e| SidecarError::Start(e.to_string()))?;
         let (discovery, discovery_task) = Discovery::spawn(&config).map_err(SidecarError::Start)?;
 
-        let (policy, policy_task) =
-            Policy::spawn(&config.control_addr, &config.service, metrics.clone()).map_err(SidecarError::Start)?;
+        let (policy, policy_task) = Policy::spawn(&config.control_addr, &config.service, metrics.clone(), limits)
+            .map_err(SidecarError::Start)?;
 
         // The inbound TLS config follows the credentials (rotation: new
         // connections get the new certificate; none while there is none).

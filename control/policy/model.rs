@@ -615,6 +615,17 @@ pub fn parse_toml(text: &str, origin: &str, service: &str) -> Result<PolicyDoc, 
             return Err(fail("jwt.leeway", "at most 5m".into()));
         }
     }
+    if !doc.rate_limits.is_empty() {
+        crate::sidecar::ratelimit::config::from_policy_tables(&doc.rate_limits).map_err(|e| {
+            let (field, message) = e.split_once(": ").unwrap_or(("rate_limits", e.as_str()));
+            PolicyError {
+                origin: origin.into(),
+                line: line_of_key(text, "rate_limits"),
+                field: Some(field.to_string()),
+                message: message.to_string(),
+            }
+        })?;
+    }
     if let Some(rbac) = &doc.rbac {
         for (i, rule) in rbac.rules.iter().enumerate() {
             let known =
@@ -673,6 +684,15 @@ mod tests {
 
     fn bad(text: &str) -> PolicyError {
         parse_toml(text, "orders.toml", "orders").unwrap_err()
+    }
+
+    #[test]
+    fn a_bad_rate_limit_is_refused_naming_the_rule_field_and_line() {
+        let e = bad("[authz]\ndefault = \"allow\"\n\n[[rate_limits]]\npath = \"/api\"\nlimit = 0\nwindow = \"1s\"\n");
+        assert!(e.field.as_deref().is_some_and(|f| f.starts_with("rate_limits[0]")), "{e:?}");
+        assert_eq!(e.line, Some(4), "{e:?}");
+        let ok = ok("[[rate_limits]]\npath = \"/api/v1/trading\"\nlimit = 50\nwindow = \"60s\"\n");
+        assert_eq!(ok.rate_limits.len(), 1);
     }
 
     #[test]

@@ -41,6 +41,18 @@ use serde::Deserialize;
 use super::algorithm::Algorithm;
 use super::key::KeyPart;
 
+/// The configuration a policy's `[[rate_limits]]` tables stand for: each
+/// table is one rule. Errors name the field as `rate_limits[i].<field>`.
+pub fn from_policy_tables(tables: &[toml::Table]) -> Result<RateLimitConfig, String> {
+    let rules: Vec<toml::Value> = tables.iter().cloned().map(toml::Value::Table).collect();
+    let mut doc = toml::Table::new();
+    doc.insert("rules".into(), toml::Value::Array(rules));
+    let text = toml::to_string(&doc).map_err(|e| format!("rate_limits: {e}"))?;
+    RateLimitConfig::from_toml(&text)
+        .map(|(c, _)| c)
+        .map_err(|e| format!("{}: {}", e.field.replacen("rules", "rate_limits", 1), e.message))
+}
+
 /// The whole rate-limit configuration. See the module docs for the format.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
