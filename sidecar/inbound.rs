@@ -31,7 +31,7 @@ use crate::sidecar::body::NonEmpty;
 use crate::sidecar::config::AppProtocol;
 use crate::sidecar::errors::ProxyError;
 use crate::sidecar::metrics::Metrics;
-use crate::sidecar::outbound::pool::{CONNECTION_WINDOW, STREAM_WINDOW, handshake};
+use crate::sidecar::outbound::pool::{CONNECTION_WINDOW, Redial, STREAM_WINDOW, handshake};
 use crate::sidecar::outbound::proxy::{HTTP1_MARK, strip_hop_by_hop};
 use crate::sidecar::policy::Policy;
 use crate::sidecar::transport::tls::peer_spiffe_id;
@@ -57,36 +57,27 @@ enum AppClient {
 /// The HTTP/2 connection to an h2c app.
 struct AppConn {
     addr: SocketAddr,
-    current: std::sync::Mutex<Option<SendRequest<Body>>>,
-    /// Held while dialing, so concurrent requests wait for one new connection.
-    connecting: tokio::sync::Mutex<()>,
+    conn: Redial<()>,
 }
 
 impl AppConn {
-    fn open(&self) -> Option<SendRequest<Body>> {
-        let current = self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        current.as_ref().filter(|s| !s.is_closed()).cloned()
-    }
-
     async fn sender(&self) -> Result<SendRequest<Body>, ProxyError> {
-        if let Some(s) = self.open() {
-            return Ok(s);
-        }
-        let _dialing = self.connecting.lock().await;
-        if let Some(s) = self.open() {
-            return Ok(s);
-        }
-        let sender = Box::pin(async {
-            let tcp = tokio::time::timeout(APP_CONNECT_TIMEOUT, TcpStream::connect(self.addr))
-                .await
-                .map_err(|_| ProxyError::App(format!("no answer from {} within {APP_CONNECT_TIMEOUT:?}", self.addr)))?
-                .map_err(|e| ProxyError::App(format!("connect {}: {e}", self.addr)))?;
-            let _ = tcp.set_nodelay(true);
-            handshake(tcp, &self.addr, None).await.map_err(|e| ProxyError::App(e.to_string()))
-        })
-        .await?;
-        *self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(sender.clone());
-        Ok(sender)
+        self.conn
+            .get(
+                |_| true,
+                || async {
+                    let tcp = tokio::time::timeout(APP_CONNECT_TIMEOUT, TcpStream::connect(self.addr))
+                        .await
+                        .map_err(|_| {
+                            ProxyError::App(format!("no answer from {} within {APP_CONNECT_TIMEOUT:?}", self.addr))
+                        })?
+                        .map_err(|e| ProxyError::App(format!("connect {}: {e}", self.addr)))?;
+                    let _ = tcp.set_nodelay(true);
+                    let sender = handshake(tcp, &self.addr, None).await.map_err(|e| ProxyError::App(e.to_string()))?;
+                    Ok((sender, ()))
+                },
+            )
+            .await
     }
 }
 
@@ -127,11 +118,7 @@ impl Inbound {
         policy: Arc<Policy>,
     ) -> Self {
         let app = match app_protocol {
-            AppProtocol::H2c => AppClient::H2c(AppConn {
-                addr: app_addr,
-                current: std::sync::Mutex::new(None),
-                connecting: tokio::sync::Mutex::new(()),
-            }),
+            AppProtocol::H2c => AppClient::H2c(AppConn { addr: app_addr, conn: Redial::new() }),
             AppProtocol::Http1 => {
                 let mut connector = HttpConnector::new();
                 connector.set_nodelay(true);

@@ -8,6 +8,7 @@
 //! set its slot is dropped and its connection closes (no pruning pass).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
@@ -33,39 +34,63 @@ pub const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
 /// Per-stream window between sidecars.
 pub const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 
-/// An open connection's sender and the credentials it was made with.
-type Open = (SendRequest<Body>, Option<Arc<Credentials>>);
+/// One multiplexed HTTP/2 connection, dialed on first use and again when
+/// it has closed or is no longer usable; concurrent requests wait for one
+/// dial. `T` records what the connection was made with (a peer's: the
+/// credentials it presented). Used for peer sidecars and for an h2c app.
+pub(crate) struct Redial<T> {
+    current: Mutex<Option<(SendRequest<Body>, T)>>,
+    /// Held while dialing.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl<T> Redial<T> {
+    pub(crate) fn new() -> Self {
+        Redial { current: Mutex::new(None), connecting: tokio::sync::Mutex::new(()) }
+    }
+
+    fn open(&self, usable: &impl Fn(&T) -> bool) -> Option<SendRequest<Body>> {
+        let current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        let (sender, made_with) = current.as_ref()?;
+        (usable(made_with) && !sender.is_closed()).then(|| sender.clone())
+    }
+
+    /// A sender on the open connection if it is `usable`, else on a new one
+    /// from `dial`. The dial is boxed: it is a large future (TCP, TLS,
+    /// HTTP/2 handshake) that would otherwise be part of every request's
+    /// state, copied per request.
+    pub(crate) async fn get<F>(
+        &self,
+        usable: impl Fn(&T) -> bool,
+        dial: impl FnOnce() -> F,
+    ) -> Result<SendRequest<Body>, ProxyError>
+    where
+        F: Future<Output = Result<(SendRequest<Body>, T), ProxyError>>,
+    {
+        if let Some(s) = self.open(&usable) {
+            return Ok(s);
+        }
+        let _dialing = self.connecting.lock().await;
+        if let Some(s) = self.open(&usable) {
+            return Ok(s);
+        }
+        let (sender, made_with) = Box::pin(dial()).await?;
+        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some((sender.clone(), made_with));
+        Ok(sender)
+    }
+}
 
 /// The connection to one peer sidecar (address and expected identity).
 pub struct Slot {
     addr: Address,
     expected: String,
-    /// The open connection and the credentials it was made with.
-    current: Mutex<Option<Open>>,
-    /// Held while dialing, so concurrent requests wait for one new connection.
-    connecting: tokio::sync::Mutex<()>,
+    /// Made with the credentials it presents.
+    conn: Redial<Option<Arc<Credentials>>>,
 }
 
 impl std::fmt::Debug for Slot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Slot").field("addr", &self.addr).field("expected", &self.expected).finish_non_exhaustive()
-    }
-}
-
-impl Slot {
-    /// A clone of the open connection's sender, if there is one and it was
-    /// made with the current credentials. After a rotation new requests go
-    /// to a new connection presenting the new certificate; requests still
-    /// on the old one finish there, and it closes once they have.
-    fn open(&self, creds: &Option<Arc<Credentials>>) -> Option<SendRequest<Body>> {
-        let current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
-        let (sender, made_with) = current.as_ref()?;
-        let same = match (made_with, creds) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-            (None, _) => true,
-            (Some(_), None) => false,
-        };
-        (same && !sender.is_closed()).then(|| sender.clone())
     }
 }
 
@@ -102,31 +127,23 @@ impl Pool {
             return slot;
         }
         slots.retain(|_, w| w.strong_count() > 0);
-        let slot = Arc::new(Slot {
-            addr: addr.clone(),
-            expected: expected.to_string(),
-            current: Mutex::new(None),
-            connecting: tokio::sync::Mutex::new(()),
-        });
+        let slot = Arc::new(Slot { addr: addr.clone(), expected: expected.to_string(), conn: Redial::new() });
         slots.insert(key, Arc::downgrade(&slot));
         slot
     }
 
-    /// A sender on `slot`'s connection, dialing it first if it is closed.
+    /// A sender on `slot`'s connection, dialing it first if it is closed or
+    /// was made with other than the current credentials: after a rotation
+    /// new requests go to a new connection presenting the new certificate;
+    /// requests still on the old one finish there, and it closes once they have.
     pub async fn get(&self, slot: &Slot) -> Result<SendRequest<Body>, ProxyError> {
         let creds = if self.plaintext { None } else { self.creds.borrow().clone() };
-        if let Some(s) = slot.open(&creds) {
-            return Ok(s);
-        }
-        let _dialing = slot.connecting.lock().await;
-        if let Some(s) = slot.open(&creds) {
-            return Ok(s);
-        }
-        // Boxed: the dial (TCP, TLS, HTTP/2 handshake) is a large future that
-        // would otherwise be part of every request's state, copied per request.
-        let sender = Box::pin(self.connect(&slot.addr, &slot.expected)).await?;
-        *slot.current.lock().unwrap_or_else(PoisonError::into_inner) = Some((sender.clone(), creds));
-        Ok(sender)
+        let current = |made_with: &Option<Arc<Credentials>>| match (made_with, &creds) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, _) => true,
+            (Some(_), None) => false,
+        };
+        slot.conn.get(current, || async { Ok((self.connect(&slot.addr, &slot.expected).await?, creds.clone())) }).await
     }
 
     fn connector(&self, expected: &str) -> Result<TlsConnector, ProxyError> {
