@@ -14,7 +14,6 @@ use tokio::net::TcpListener;
 
 use crate::sidecar::config::Config;
 use crate::sidecar::discovery::Discovery;
-use crate::sidecar::gateway::route::RouteTable;
 use crate::sidecar::health::AppHealth;
 use crate::sidecar::identity::CredentialsRx;
 use crate::sidecar::metrics::{Metrics, UpstreamState};
@@ -37,7 +36,7 @@ pub struct Admin {
     /// The policy in force.
     pub policy: Arc<crate::sidecar::policy::Policy>,
     /// The gateway's route table (gateway mode only): `/admin/routes`, `/admin/services`.
-    pub routes: Option<Arc<arc_swap::ArcSwap<RouteTable>>>,
+    pub routes: Option<crate::sidecar::gateway::Routes>,
 }
 
 impl Admin {
@@ -125,7 +124,7 @@ impl Admin {
                 text(StatusCode::OK, format!("{:#}\n", serde_json::Value::Object(out)), "application/json")
             }
             "/admin/routes" if self.routes.is_some() => {
-                let table = self.routes.as_ref().map(|r| r.load_full()).unwrap_or_default();
+                let table = self.routes.as_ref().map(|r| r.current()).unwrap_or_default();
                 text(
                     StatusCode::OK,
                     format!("{:#}\n", crate::sidecar::gateway::routes_json(&table)),
@@ -134,7 +133,7 @@ impl Admin {
             }
             "/admin/services" if self.routes.is_some() => {
                 // Every service the routes name, with what discovery knows of it.
-                let table = self.routes.as_ref().map(|r| r.load_full()).unwrap_or_default();
+                let table = self.routes.as_ref().map(|r| r.current()).unwrap_or_default();
                 let mut out = serde_json::Map::new();
                 for r in &table.routes {
                     let entry = out.entry(r.service.clone()).or_insert_with(|| {

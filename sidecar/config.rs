@@ -144,7 +144,7 @@ pub struct Settings {
     /// Gateway: ingress listen address (HTTP/1.1 + HTTP/2, h2c or TLS) [default: 0.0.0.0:8000]
     #[arg(long, env = "REDFIRE_GATEWAY_ADDR")]
     pub gateway_addr: Option<String>,
-    /// Gateway: TOML routes file, reloaded when it changes [required in gateway mode]
+    /// Gateway: TOML routes file, reloaded when it changes [default: none: routes are the `[[route]]` tables of the gateway's policy from control]
     #[arg(long, env = "REDFIRE_ROUTES")]
     pub routes: Option<String>,
     /// Gateway: PEM certificate chain for TLS on the ingress, reloaded when it changes [default: none, h2c]
@@ -219,8 +219,8 @@ pub enum Mode {
 pub struct GatewayConfig {
     /// Ingress listen address.
     pub addr: SocketAddr,
-    /// Routes file.
-    pub routes: PathBuf,
+    /// Routes file (none: routes come with the gateway's policy from control).
+    pub routes: Option<PathBuf>,
     /// TLS certificate and key files, when TLS is on.
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Open connections at most.
@@ -623,11 +623,7 @@ fn header_name(key: &str, name: &str) -> Result<HeaderName, ConfigError> {
 }
 
 fn gateway_config(s: &Settings) -> Result<GatewayConfig, ConfigError> {
-    let routes = s
-        .routes
-        .clone()
-        .filter(|r| !r.is_empty())
-        .ok_or_else(|| err("routes", "missing: gateway mode needs a routes file"))?;
+    let routes = s.routes.clone().filter(|r| !r.is_empty()).map(PathBuf::from);
     let tls = match (&s.gateway_tls_cert, &s.gateway_tls_key) {
         (None, None) => None,
         (Some(c), Some(k)) => Some((PathBuf::from(c), PathBuf::from(k))),
@@ -641,7 +637,7 @@ fn gateway_config(s: &Settings) -> Result<GatewayConfig, ConfigError> {
     let nonzero = |key: &str, d: Duration| if d.is_zero() { Err(err(key, "must be above 0")) } else { Ok(d) };
     Ok(GatewayConfig {
         addr: addr("gateway_addr", s.gateway_addr.clone(), "0.0.0.0:8000")?,
-        routes: PathBuf::from(routes),
+        routes,
         tls,
         max_connections: number("gateway_max_connections", s.gateway_max_connections.as_ref(), 10_000usize)?,
         max_headers: number("gateway_max_headers", s.gateway_max_headers.as_ref(), 100usize)?,
@@ -756,7 +752,6 @@ mod tests {
             (Settings { app_health_unhealthy_threshold: Some("0".into()), ..base() }, "app_health_unhealthy_threshold"),
             (Settings { app_health_healthy_threshold: Some("x".into()), ..base() }, "app_health_healthy_threshold"),
             (Settings { mode: Some("edge".into()), ..base() }, "mode"),
-            (Settings { mode: Some("gateway".into()), ..base() }, "routes"),
             (Settings { metadata: Some("version".into()), ..base() }, "metadata"),
             (
                 Settings {

@@ -7,8 +7,10 @@
 //! Flow: [`listener`] (accept, limits, TLS) → [`forward::Gateway::handle`]
 //! (route, rewrite, forwarding headers, [`grpc_web`], [`cors`]) →
 //! `outbound::proxy::Outbound::handle_with` → peer sidecar over mTLS.
-//! Routes come from [`routes_file`] into [`route::RouteTable`], swapped whole
-//! on change.
+//! Routes ([`Routes`]) come from the `[[route]]` tables of the gateway's
+//! policy document on control's policy stream, or from a local routes file
+//! ([`routes_file`]); either way a whole [`route::RouteTable`] is swapped
+//! in on change.
 
 pub mod cors;
 pub mod forward;
@@ -26,6 +28,36 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 
 use crate::sidecar::gateway::route::RouteTable;
+use crate::sidecar::policy::Policy;
+
+/// Where the gateway's routes come from.
+#[derive(Clone, Debug)]
+pub enum Routes {
+    /// A routes file (`--routes`), reloaded when it changes.
+    File(Arc<ArcSwap<RouteTable>>),
+    /// The `[[route]]` tables of the gateway's own policy document, from
+    /// control (hot-reloaded with the policy).
+    Policy(Arc<Policy>),
+}
+
+impl Routes {
+    /// The table in force now.
+    pub fn current(&self) -> Arc<RouteTable> {
+        match self {
+            Routes::File(t) => t.load_full(),
+            Routes::Policy(p) => p.current().routes.clone(),
+        }
+    }
+
+    /// The table in force, once there is one: from control, a request
+    /// arriving before the first snapshot waits for it (bounded).
+    pub async fn synced(&self) -> Arc<RouteTable> {
+        if let Routes::Policy(p) = self {
+            p.wait_synced().await;
+        }
+        self.current()
+    }
+}
 
 /// How often the routes file's modification time is checked.
 pub const ROUTES_POLL: Duration = Duration::from_secs(1);

@@ -39,6 +39,8 @@ use crate::control::policy::model::PolicyDoc;
 use crate::proto::policy::v1 as pb;
 use crate::proto::policy::v1::policy_client::PolicyClient;
 use crate::sidecar::errors::ProxyError;
+use crate::sidecar::gateway::route::RouteTable;
+use crate::sidecar::gateway::routes_file;
 use crate::sidecar::metrics::Metrics;
 use crate::sidecar::ratelimit::config::from_policy_tables;
 use crate::sidecar::ratelimit::{RateLimitMetrics, RateLimiter, RedisBackend, RequestFacts};
@@ -129,12 +131,23 @@ pub struct Compiled {
     pub rate_limits: Vec<toml::Table>,
     /// The limiter built from `rate_limits` (none when there are no rules).
     limiter: Option<RateLimiter>,
+    /// Gateway routes from the document's `[[route]]` (empty elsewhere).
+    pub routes: Arc<RouteTable>,
 }
 
 impl Compiled {
     /// No policy: everything passes unchanged.
     pub fn none() -> Compiled {
-        Compiled { version: 0, authz: None, jwt: None, rbac: None, roles: None, rate_limits: Vec::new(), limiter: None }
+        Compiled {
+            version: 0,
+            authz: None,
+            jwt: None,
+            rbac: None,
+            roles: None,
+            rate_limits: Vec::new(),
+            limiter: None,
+            routes: Arc::default(),
+        }
     }
 
     /// Compiles a document; JWKS caches come from `registry`.
@@ -147,6 +160,7 @@ impl Compiled {
             roles: doc.rbac.as_ref().and_then(|r| r.redis.as_ref()).map(RoleLookup::new).transpose()?,
             rate_limits: doc.rate_limits.clone(),
             limiter: None,
+            routes: Arc::new(routes_file::from_tables(&doc.route, version, &format!("control policy v{version}"))?),
         })
     }
 
@@ -319,12 +333,31 @@ impl Policy {
     /// Enforces the policy on `parts` (changing headers and path as
     /// admitted), recording refusals in the metrics.
     pub async fn enforce(&self, parts: &mut Parts, peer: Option<&str>, client_ip: IpAddr) -> Result<(), Refused> {
-        if !self.synced() {
-            let mut rx = self.synced.clone();
-            if tokio::time::timeout(FIRST_SYNC_WAIT, rx.wait_for(|s| *s)).await.is_err() {
-                self.metrics.auth_failure(&self.service, "policy_not_loaded");
-                return Err(Refused::Policy(ProxyError::NoPolicy));
-            }
+        self.enforce_on_route(parts, peer, client_ip, None).await
+    }
+
+    /// Waits up to [`FIRST_SYNC_WAIT`] for the first snapshot; false if
+    /// none came.
+    pub async fn wait_synced(&self) -> bool {
+        if self.synced() {
+            return true;
+        }
+        let mut rx = self.synced.clone();
+        tokio::time::timeout(FIRST_SYNC_WAIT, rx.wait_for(|s| *s)).await.is_ok()
+    }
+
+    /// [`Policy::enforce`] for a request a router matched to `route` (the
+    /// gateway): rate-limit rules with `route = "..."` apply to it.
+    pub async fn enforce_on_route(
+        &self,
+        parts: &mut Parts,
+        peer: Option<&str>,
+        client_ip: IpAddr,
+        route: Option<&str>,
+    ) -> Result<(), Refused> {
+        if !self.wait_synced().await {
+            self.metrics.auth_failure(&self.service, "policy_not_loaded");
+            return Err(Refused::Policy(ProxyError::NoPolicy));
         }
         let policy = self.current.load_full();
         match policy.check(parts, peer).await {
@@ -338,7 +371,7 @@ impl Policy {
                     headers: &parts.headers,
                     peer_ip: client_ip,
                     claims: claims.as_deref(),
-                    route: None,
+                    route,
                 };
                 let decision = limiter.check(&facts).await;
                 match decision.respond(crate::sidecar::ratelimit::is_grpc(&parts.headers)) {

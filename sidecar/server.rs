@@ -117,8 +117,14 @@ impl Sidecar {
         let mut data_tasks = Vec::new();
         let gateway_data = match &config.gateway {
             Some(g) => {
-                let (routes, task) = gateway::watch_routes(g.routes.clone()).map_err(SidecarError::Start)?;
-                data_tasks.push(task);
+                let routes = match &g.routes {
+                    Some(file) => {
+                        let (routes, task) = gateway::watch_routes(file.clone()).map_err(SidecarError::Start)?;
+                        data_tasks.push(task);
+                        Some(routes)
+                    }
+                    None => None,
+                };
                 let tls = match &g.tls {
                     Some((cert, key)) => {
                         let (tls, task) =
@@ -214,10 +220,15 @@ impl Sidecar {
         let mut servers = JoinSet::new();
         let mut gateway_routes = None;
         if let (Some(l), Some((g, routes, tls)), Some(gateway_metrics)) = (gateway_l, gateway_data, gateway_metrics) {
+            let routes = match routes {
+                Some(file) => gateway::Routes::File(file),
+                None => gateway::Routes::Policy(policy.clone()),
+            };
             gateway_routes = Some(routes.clone());
             let gw = Arc::new(Gateway {
                 routes,
                 outbound: outbound.clone(),
+                policy: policy.clone(),
                 metrics: gateway_metrics,
                 cors: Cors::new(g.cors_origins.clone()),
                 trusted_hops: g.trusted_hops,

@@ -34,6 +34,11 @@ pub struct PolicyDoc {
     /// module lands; its `RateLimitConfig` replaces `toml::Table`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rate_limits: Vec<toml::Table>,
+    /// Gateway routes (the gateway's own policy document): the fields of
+    /// a routes file's `[[route]]`, validated by
+    /// `crate::sidecar::gateway::routes_file::from_tables`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub route: Vec<toml::Table>,
 }
 
 /// Allow or deny.
@@ -621,6 +626,17 @@ pub fn parse_toml(text: &str, origin: &str, service: &str) -> Result<PolicyDoc, 
             PolicyError {
                 origin: origin.into(),
                 line: line_of_key(text, "rate_limits"),
+                field: Some(field.to_string()),
+                message: message.to_string(),
+            }
+        })?;
+    }
+    if !doc.route.is_empty() {
+        crate::sidecar::gateway::routes_file::from_tables(&doc.route, 0, origin).map_err(|e| {
+            let (field, message) = e.split_once(": ").unwrap_or(("route", e.as_str()));
+            PolicyError {
+                origin: origin.into(),
+                line: line_of_key(text, "route"),
                 field: Some(field.to_string()),
                 message: message.to_string(),
             }

@@ -1,19 +1,19 @@
-//! One gateway request, in order: CORS preflight → route lookup (unknown
-//! → 404 with a JSON body) → `X-Request-Id`, `X-Forwarded-For`,
-//! `Forwarded` → path rewrite and request header edits → gRPC-Web to gRPC
-//! → the mesh's outbound path ([`Outbound::handle_with`]: discovery,
-//! balancing, retries, breakers, mTLS) with the route's subset, timeout
-//! and retry policy → response header edits, gRPC-Web framing, CORS →
-//! per-route metrics.
-//!
-//! The policy layers (JWT/RBAC, rate limits) go between the route lookup
-//! and the forwarding, where the route is known.
+//! One gateway request, in order: CORS preflight → header count → path
+//! normalised (`%2e%2e`, `//`, `..` resolved: the path routed, authorised
+//! and forwarded is one path) → route lookup (unknown → 404 with a JSON
+//! body) → `X-Request-Id`, client IP (through `trusted_hops` proxies),
+//! `X-Forwarded-For`, `Forwarded` → the gateway's policy on the client's
+//! path ([`Policy::enforce_on_route`]: JWT, RBAC, verified claims as user
+//! headers, rate limits by route) → path rewrite and request header edits
+//! → gRPC-Web to gRPC → the mesh's outbound path
+//! ([`Outbound::handle_with`]: discovery, balancing, retries, breakers,
+//! mTLS) with the route's subset, timeout and retry policy → response
+//! header edits, gRPC-Web framing, CORS → per-route metrics.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
@@ -21,11 +21,14 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
 use crate::sidecar::Body;
+use crate::sidecar::errors::ProxyError;
+use crate::sidecar::gateway::Routes;
 use crate::sidecar::gateway::cors::Cors;
 use crate::sidecar::gateway::grpc_web;
-use crate::sidecar::gateway::metrics::GatewayMetrics;
-use crate::sidecar::gateway::route::RouteTable;
+use crate::sidecar::gateway::metrics::{self, GatewayMetrics};
 use crate::sidecar::outbound::proxy::{Outbound, Target};
+use crate::sidecar::policy::{Policy, Refused, path};
+use crate::sidecar::ratelimit::key;
 
 /// Request id header, set when the client sent none.
 pub const REQUEST_ID: &str = "x-request-id";
@@ -33,10 +36,13 @@ pub const REQUEST_ID: &str = "x-request-id";
 /// What a gateway request needs, shared by every connection.
 #[derive(Debug)]
 pub struct Gateway {
-    /// The current route table (swapped whole on reload).
-    pub routes: Arc<ArcSwap<RouteTable>>,
+    /// The route table's source (tables are swapped whole on reload).
+    pub routes: Routes,
     /// The mesh's outbound path.
     pub outbound: Arc<Outbound>,
+    /// The gateway's own policy (its service's document from control):
+    /// JWT, RBAC and rate limits on the paths clients call.
+    pub policy: Arc<Policy>,
     /// Per-route metrics.
     pub metrics: GatewayMetrics,
     /// CORS origins.
@@ -73,6 +79,13 @@ impl Gateway {
             return r;
         }
         let origin = self.cors.allowed(req.headers());
+        if let Err(e) = normalise_path(&mut req) {
+            let id = HeaderValue::from_static("-");
+            let mut r = json_error(StatusCode::BAD_REQUEST, "bad_path", &e, &id);
+            self.cors.decorate(origin, r.headers_mut());
+            self.metrics.observe("none", r.status(), started.elapsed());
+            return r;
+        }
         let request_id = match req.headers().get(REQUEST_ID) {
             Some(v) if !v.is_empty() && v.len() <= 200 => v.clone(),
             _ => {
@@ -82,7 +95,7 @@ impl Gateway {
             }
         };
         let host = host_of(&req);
-        let table = self.routes.load_full();
+        let table = self.routes.synced().await;
         let Some(matched) = table.find(host.as_deref(), req.method(), req.uri().path(), req.headers()) else {
             let mut r = json_error(
                 StatusCode::NOT_FOUND,
@@ -95,7 +108,30 @@ impl Gateway {
             return r;
         };
         let route = matched.route;
+        let client_ip = key::client_ip(req.headers(), client.addr.ip(), self.trusted_hops as u32);
         forwarded_headers(req.headers_mut(), client, host.as_deref(), self.trusted_hops);
+        let web = grpc_web::flavour(req.headers());
+        let (mut parts, body) = req.into_parts();
+        if let Err(refused) = self.policy.enforce_on_route(&mut parts, None, client_ip, Some(&route.name)).await {
+            let label = metrics::RouteLabel { route: route.name.clone() };
+            match &refused {
+                Refused::Policy(_) => self.metrics.auth_failures.get_or_create(&label).inc(),
+                Refused::Limited(_) => self.metrics.limited.get_or_create(&label).inc(),
+            };
+            let grpc = web.is_some() || crate::sidecar::ratelimit::is_grpc(&parts.headers);
+            let mut r = match refused {
+                Refused::Policy(e) if !grpc => policy_error(&e, &request_id),
+                refused => refused.respond(grpc),
+            };
+            if let Some(flavour) = web {
+                r = grpc_web::from_grpc(r, flavour, &grpc_web::suffix(&parts.headers));
+            }
+            r.headers_mut().insert(REQUEST_ID, request_id);
+            self.cors.decorate(origin, r.headers_mut());
+            self.metrics.observe(&route.name, r.status(), started.elapsed());
+            return r;
+        }
+        let mut req = Request::from_parts(parts, body);
         let query = req.uri().query().map(|q| q.to_string());
         let path = match (query, matched.path.contains('?')) {
             (Some(q), true) => format!("{}&{q}", matched.path),
@@ -113,7 +149,6 @@ impl Gateway {
         }
         route.request_headers.apply(req.headers_mut());
         let target = Target { subset: route.subset.clone(), timeout: route.timeout, retry: route.retry };
-        let web = grpc_web::flavour(req.headers());
         let mut resp = match web {
             Some(flavour) => {
                 let suffix = grpc_web::suffix(req.headers());
@@ -137,6 +172,41 @@ fn host_of<B>(req: &Request<B>) -> Option<String> {
         .authority()
         .map(|a| a.as_str().to_string())
         .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(String::from))
+}
+
+/// Replaces the request's path with its normalised form (see
+/// [`path::normalise`]), keeping the query.
+fn normalise_path<B>(req: &mut Request<B>) -> Result<(), String> {
+    let raw = req.uri().path();
+    let normal = path::encode(&path::normalise(raw).map_err(|e| e.to_string())?);
+    if normal == raw {
+        return Ok(());
+    }
+    let pq = match req.uri().query() {
+        Some(q) => format!("{normal}?{q}"),
+        None => normal,
+    };
+    let mut uri = req.uri().clone().into_parts();
+    uri.path_and_query = Some(pq.parse().map_err(|_| "the normalised path is not a valid URI".to_string())?);
+    *req.uri_mut() = Uri::from_parts(uri).map_err(|_| "the normalised path is not a valid URI".to_string())?;
+    Ok(())
+}
+
+/// A policy refusal as the gateway's JSON error (keeping `WWW-Authenticate`).
+fn policy_error(e: &ProxyError, request_id: &HeaderValue) -> Response<Body> {
+    let (status, _) = e.codes();
+    let code = match e {
+        ProxyError::Unauthenticated(_) => "unauthenticated",
+        ProxyError::PermissionDenied(_) => "permission_denied",
+        ProxyError::BadRequest(_) => "bad_request",
+        ProxyError::NoPolicy => "policy_not_loaded",
+        _ => "refused",
+    };
+    let mut r = json_error(status, code, &e.to_string(), request_id);
+    if let Some(v) = e.respond(false).headers().get(header::WWW_AUTHENTICATE) {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, v.clone());
+    }
+    r
 }
 
 /// A 128-bit random id in hex.

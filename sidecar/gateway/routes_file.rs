@@ -92,6 +92,23 @@ pub fn load(path: &Path, version: u64) -> Result<RouteTable, RoutesError> {
     parse(&file, &text, version)
 }
 
+/// Builds a table from the `[[route]]` tables of a policy document (the
+/// gateway's routes from control's policy stream); errors read
+/// `route[<i>].<field>: <message>`.
+pub fn from_tables(tables: &[toml::Table], version: u64, source: &str) -> Result<RouteTable, String> {
+    let mut routes = Vec::new();
+    let mut names = std::collections::HashSet::new();
+    for (i, t) in tables.iter().enumerate() {
+        let raw = RawRoute::deserialize(toml::Value::Table(t.clone())).map_err(|e| format!("route[{i}]: {e}"))?;
+        let route = convert(raw, i).map_err(|(f, m)| format!("route[{i}].{f}: {m}"))?;
+        if !names.insert(route.name.clone()) {
+            return Err(format!("route[{i}].name: {:?} is used by an earlier route", route.name));
+        }
+        routes.push(route);
+    }
+    Ok(RouteTable { version, source: source.into(), routes })
+}
+
 /// Parses routes from `text` (named `file` in errors).
 pub fn parse(file: &str, text: &str, version: u64) -> Result<RouteTable, RoutesError> {
     let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;

@@ -62,7 +62,7 @@ impl Drop for TempFile {
     }
 }
 
-pub async fn gateway_mesh(services: &[Service<'_>], routes: &str, extra: SidecarSettings) -> GatewayMesh {
+pub async fn gateway_mesh(services: &[Service<'_>], routes_text: &str, extra: SidecarSettings) -> GatewayMesh {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let control_settings = settings();
     let control = control(control_settings.clone()).await;
@@ -90,11 +90,12 @@ pub async fn gateway_mesh(services: &[Service<'_>], routes: &str, extra: Sidecar
         .unwrap();
         sidecars.push(Sidecar::start(config).await.unwrap());
     }
-    let routes = TempFile::new("routes.toml", routes);
+    let routes = TempFile::new("routes.toml", routes_text);
     let config = SidecarConfig::from_settings(extra.or(SidecarSettings {
         mode: Some("gateway".into()),
         gateway_addr: Some("127.0.0.1:0".into()),
-        routes: Some(routes.0.display().to_string()),
+        // No routes text: the routes come with the gateway's policy from control.
+        routes: (!routes_text.is_empty()).then(|| routes.0.display().to_string()),
         ..base("gateway")
     }))
     .unwrap();
