@@ -1,6 +1,7 @@
 //! One gateway request, in order: CORS preflight → route lookup (unknown
 //! → 404 with a JSON body) → `X-Request-Id`, `X-Forwarded-For`,
 //! `Forwarded` → path rewrite and request header edits → gRPC-Web to gRPC
+//! (or, on a `transcode = true` route, HTTP/JSON to gRPC: [`transcode`])
 //! → the mesh's outbound path ([`Outbound::handle_with`]: discovery,
 //! balancing, retries, breakers, mTLS) with the route's subset, timeout
 //! and retry policy → response header edits, gRPC-Web framing, CORS →
@@ -25,6 +26,7 @@ use crate::sidecar::gateway::cors::Cors;
 use crate::sidecar::gateway::grpc_web;
 use crate::sidecar::gateway::metrics::GatewayMetrics;
 use crate::sidecar::gateway::route::RouteTable;
+use crate::sidecar::gateway::transcode::{self, table::Table};
 use crate::sidecar::outbound::proxy::{Outbound, Target};
 
 /// Request id header, set when the client sent none.
@@ -47,6 +49,8 @@ pub struct Gateway {
     /// point; HTTP/2 only bounds the header list's size, so the count is
     /// checked here.
     pub max_headers: usize,
+    /// HTTP/JSON → gRPC bindings (`gateway_descriptors`), when configured.
+    pub transcode: Option<Arc<ArcSwap<Table>>>,
 }
 
 /// Facts about the client connection.
@@ -121,6 +125,17 @@ impl Gateway {
                 let resp = self.outbound.handle_with(Some(&route.service), req, &target).await;
                 grpc_web::from_grpc(resp, flavour, &suffix)
             }
+            None if route.transcode && !transcode::is_grpc(req.headers()) => match &self.transcode {
+                Some(table) => {
+                    let table = table.load_full();
+                    let req = req.map(|b| b.map_err(Into::into).boxed_unsync());
+                    transcode::handle(&table, req, &self.outbound, &route.service, &target, &request_id).await
+                }
+                None => {
+                    let msg = "transcoding route, but the gateway has no gateway_descriptors";
+                    json_error(StatusCode::NOT_FOUND, "NOT_FOUND", msg, &request_id)
+                }
+            },
             None => self.outbound.handle_with(Some(&route.service), req, &target).await,
         };
         route.response_headers.apply(resp.headers_mut());
