@@ -35,9 +35,11 @@ fn main() -> anyhow::Result<()> {
         PROTOS,
         &["proto"],
     )?;
-    tonic_prost_build::configure()
-        .file_descriptor_set_path(out.join("example_descriptor.bin"))
-        .compile_with_config(config()?, EXAMPLE_PROTOS, &["proto"])?;
+    tonic_prost_build::configure().file_descriptor_set_path(out.join("example_descriptor.bin")).compile_with_config(
+        config()?,
+        EXAMPLE_PROTOS,
+        &["proto"],
+    )?;
     println!("cargo:rerun-if-changed=proto");
     println!("cargo:rerun-if-env-changed=PROTOC");
     Ok(())

@@ -221,7 +221,9 @@ impl Sidecar {
         ));
         let mut servers = JoinSet::new();
         let mut gateway_routes = None;
-        if let (Some(l), Some((g, routes, tls, transcode)), Some(gateway_metrics)) = (gateway_l, gateway_data, gateway_metrics) {
+        if let (Some(l), Some((g, routes, tls, transcode)), Some(gateway_metrics)) =
+            (gateway_l, gateway_data, gateway_metrics)
+        {
             gateway_routes = Some(routes.clone());
             let gw = Arc::new(Gateway {
                 routes,

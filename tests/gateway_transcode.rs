@@ -16,8 +16,8 @@ use prost::Message;
 use redfire::sidecar::config::{Config as SidecarConfig, Settings as SidecarSettings};
 use redfire::sidecar::server::Sidecar;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use support::gateway::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::{Request, Response, Status};
 
 #[allow(unreachable_pub, clippy::all, clippy::pedantic)]
@@ -97,10 +97,7 @@ impl UserService for Users {
         Ok(Response::new(req.into_inner().user.unwrap_or_default()))
     }
 
-    async fn list_users(
-        &self,
-        req: Request<pb::ListUsersRequest>,
-    ) -> Result<Response<pb::ListUsersResponse>, Status> {
+    async fn list_users(&self, req: Request<pb::ListUsersRequest>) -> Result<Response<pb::ListUsersResponse>, Status> {
         let r = req.into_inner();
         let filter = r.filter.unwrap_or_default();
         let users = (1..=i64::from(r.page_size))
@@ -132,7 +129,8 @@ async fn setup() -> Setup {
             .await;
     });
     let descriptors = descriptor_file();
-    let extra = SidecarSettings { gateway_descriptors: Some(descriptors.0.display().to_string()), ..Default::default() };
+    let extra =
+        SidecarSettings { gateway_descriptors: Some(descriptors.0.display().to_string()), ..Default::default() };
     let mesh = gateway_mesh(&[Service { name: "users", app, protocol: "h2c", metadata: "" }], ROUTES, extra).await;
     Setup { mesh, _descriptors: descriptors }
 }
@@ -295,6 +293,7 @@ async fn a_bad_descriptor_file_fails_the_start_naming_it() {
         ..Default::default()
     })
     .unwrap();
-    let err = Sidecar::start(config).await.err().expect("start fails").to_string();
+    let Err(err) = Sidecar::start(config).await else { panic!("start fails") };
+    let err = err.to_string();
     assert!(err.contains("gateway_descriptors") && err.contains(&bad.0.display().to_string()), "{err}");
 }

@@ -44,10 +44,7 @@ pub const MAX_BODY: usize = 4 << 20;
 
 /// Whether a request is gRPC or gRPC-Web (those are never transcoded).
 pub fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/grpc"))
+    headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| ct.starts_with("application/grpc"))
 }
 
 /// Loads the descriptor sets now (an error fails the start) and reloads
@@ -74,10 +71,16 @@ pub fn watch(paths: Vec<PathBuf>) -> Result<(Arc<ArcSwap<Table>>, tokio::task::J
                 let version = table.load().version + 1;
                 match Table::load(&paths, version) {
                     Ok(t) => {
-                        tracing::info!(version, bindings = t.bindings.len(), "gateway transcoding descriptors reloaded");
+                        tracing::info!(
+                            version,
+                            bindings = t.bindings.len(),
+                            "gateway transcoding descriptors reloaded"
+                        );
                         table.store(Arc::new(t));
                     }
-                    Err(e) => tracing::error!(error = %e, "gateway descriptors not reloaded; keeping the table in force"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "gateway descriptors not reloaded; keeping the table in force")
+                    }
                 }
             }
         }

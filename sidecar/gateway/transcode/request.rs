@@ -11,7 +11,7 @@ use percent_encoding::percent_decode_str;
 use prost_reflect::{DeserializeOptions, DynamicMessage, FieldDescriptor, Kind};
 use serde_json::{Map, Value};
 
-use crate::sidecar::gateway::transcode::table::{BodyRule, Binding, resolve};
+use crate::sidecar::gateway::transcode::table::{Binding, BodyRule, resolve};
 use crate::sidecar::gateway::transcode::template;
 
 /// The request message for `binding`, or why the request is bad.

@@ -15,11 +15,16 @@ use prost_reflect::{DynamicMessage, SerializeOptions};
 
 use crate::sidecar::Body;
 use crate::sidecar::gateway::forward::json_error;
-use crate::sidecar::gateway::transcode::{ReadError, read, status};
 use crate::sidecar::gateway::transcode::table::Binding;
+use crate::sidecar::gateway::transcode::{ReadError, read, status};
 
 /// The HTTP/JSON answer for the gRPC response `resp` to `binding`.
-pub async fn to_json(resp: Response<Body>, binding: &Binding, limit: usize, request_id: &HeaderValue) -> Response<Body> {
+pub async fn to_json(
+    resp: Response<Body>,
+    binding: &Binding,
+    limit: usize,
+    request_id: &HeaderValue,
+) -> Response<Body> {
     let (parts, body) = resp.into_parts();
     let grpc = parts
         .headers
@@ -118,8 +123,7 @@ fn json(binding: &Binding, msg: Bytes) -> Result<serde_json::Value, String> {
 }
 
 fn ok(body: serde_json::Value, upstream: &HeaderMap) -> Response<Body> {
-    let mut r =
-        Response::new(Full::new(Bytes::from(format!("{body}\n"))).map_err(|n| match n {}).boxed_unsync());
+    let mut r = Response::new(Full::new(Bytes::from(format!("{body}\n"))).map_err(|n| match n {}).boxed_unsync());
     copy_headers(upstream, r.headers_mut());
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r

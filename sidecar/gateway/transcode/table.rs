@@ -176,9 +176,7 @@ fn binding(m: &MethodDescriptor, rule: &DynamicMessage) -> Result<Binding, Table
     };
     let response_body = match string_field(rule, "response_body").as_deref() {
         None | Some("") => None,
-        Some(f) => {
-            Some(m.output().get_field_by_name(f).ok_or_else(|| fail(format!("response_body: no field {f:?}")))?)
-        }
+        Some(f) => Some(m.output().get_field_by_name(f).ok_or_else(|| fail(format!("response_body: no field {f:?}")))?),
     };
     Ok(Binding {
         method,
