@@ -109,7 +109,7 @@ impl UserService for Users {
 
 struct Setup {
     mesh: GatewayMesh,
-    _descriptors: TempFile,
+    descriptors: TempFile,
 }
 
 fn descriptor_file() -> TempFile {
@@ -132,7 +132,7 @@ async fn setup() -> Setup {
     let extra =
         SidecarSettings { gateway_descriptors: Some(descriptors.0.display().to_string()), ..Default::default() };
     let mesh = gateway_mesh(&[Service { name: "users", app, protocol: "h2c", metadata: "" }], ROUTES, extra).await;
-    Setup { mesh, _descriptors: descriptors }
+    Setup { mesh, descriptors }
 }
 
 /// JSON (proto3 mapping) → the prost message, through the descriptors.
@@ -226,6 +226,13 @@ async fn bodies_query_parameters_and_response_body() {
     assert_eq!(users.len(), 2);
     assert_eq!(users[0]["displayName"], "svc-1");
     assert_eq!(users[1]["kind"], "KIND_SERVICE");
+
+    // A bad edit of the descriptor file is logged; the bindings in force stay.
+    std::fs::write(&s.descriptors.0, b"garbage").unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (status, _, v) = call(&s, "GET", "/api/v1/users/5", "").await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["displayName"], "user-5");
 }
 
 #[tokio::test]

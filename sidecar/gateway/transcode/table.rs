@@ -258,6 +258,24 @@ mod tests {
     }
 
     #[test]
+    fn files_load_together_and_bad_files_are_named() {
+        let dir = std::env::temp_dir();
+        let good = dir.join(format!("redfire-{}-example.desc", std::process::id()));
+        let bad = dir.join(format!("redfire-{}-bad.desc", std::process::id()));
+        std::fs::write(&good, include_bytes!(concat!(env!("OUT_DIR"), "/example_descriptor.bin"))).unwrap();
+        std::fs::write(&bad, b"\xff\xff not protobuf").unwrap();
+        // The same files twice: duplicates are skipped, not an error.
+        let t = Table::load(&[good.clone(), good.clone()], 3).unwrap();
+        assert_eq!((t.version, t.bindings.len()), (3, 5));
+        let e = Table::load(&[good.clone(), bad.clone()], 1).unwrap_err().0;
+        assert!(e.starts_with("gateway_descriptors: ") && e.contains(&bad.display().to_string()), "{e}");
+        let missing = dir.join("redfire-no-such.desc");
+        assert!(Table::load(std::slice::from_ref(&missing), 1).unwrap_err().0.contains(&missing.display().to_string()));
+        let _ = std::fs::remove_file(good);
+        let _ = std::fs::remove_file(bad);
+    }
+
+    #[test]
     fn a_pool_without_the_annotation_is_an_error() {
         let bytes = include_bytes!(concat!(env!("OUT_DIR"), "/redfire_descriptor.bin"));
         let pool = DescriptorPool::decode(bytes.as_slice()).unwrap();
