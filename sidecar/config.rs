@@ -177,6 +177,10 @@ pub struct Settings {
     /// Gateway: browser origins allowed by CORS (gRPC-Web), comma-separated, or `*` [default: none]
     #[arg(long, env = "REDFIRE_GATEWAY_CORS_ORIGINS")]
     pub gateway_cors_origins: Option<String>,
+    /// Gateway: binary FileDescriptorSet files (`protoc --include_imports --descriptor_set_out`), comma-separated,
+    /// whose google.api.http bindings `transcode = true` routes serve as HTTP/JSON; reloaded when they change [default: none]
+    #[arg(long, env = "REDFIRE_GATEWAY_DESCRIPTORS")]
+    pub gateway_descriptors: Option<String>,
     /// Log format: human or json [default: human]
     #[arg(long, env = "REDFIRE_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -239,6 +243,8 @@ pub struct GatewayConfig {
     pub trusted_hops: usize,
     /// CORS origins (`*` allows any).
     pub cors_origins: Vec<String>,
+    /// Descriptor sets for HTTP/JSON transcoding (empty: none).
+    pub descriptors: Vec<PathBuf>,
 }
 
 /// Validated settings.
@@ -365,6 +371,7 @@ impl Settings {
             gateway_idle_timeout,
             gateway_trusted_hops,
             gateway_cors_origins,
+            gateway_descriptors,
             log_format,
             log_level
         )
@@ -664,6 +671,15 @@ fn gateway_config(s: &Settings) -> Result<GatewayConfig, ConfigError> {
             .map(str::trim)
             .filter(|o| !o.is_empty())
             .map(String::from)
+            .collect(),
+        descriptors: s
+            .gateway_descriptors
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
             .collect(),
     })
 }

@@ -5,7 +5,8 @@
 //! gateway is a mesh client with its own workload identity).
 //!
 //! Flow: [`listener`] (accept, limits, TLS) → [`forward::Gateway::handle`]
-//! (route, rewrite, forwarding headers, [`grpc_web`], [`cors`]) →
+//! (route, rewrite, forwarding headers, [`grpc_web`], [`transcode`] for
+//! HTTP/JSON on `transcode = true` routes, [`cors`]) →
 //! `outbound::proxy::Outbound::handle_with` → peer sidecar over mTLS.
 //! Routes ([`Routes`]) come from the `[[route]]` tables of the gateway's
 //! policy document on control's policy stream, or from a local routes file
@@ -20,6 +21,7 @@ pub mod metrics;
 pub mod route;
 pub mod routes_file;
 pub mod tls;
+pub mod transcode;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -135,6 +137,7 @@ pub fn routes_json(t: &RouteTable) -> serde_json::Value {
                 "subset": r.subset.as_ref().map(|(k, v)| format!("{k}={v}")),
                 "timeout": r.timeout.map(|d| format!("{d:?}")),
                 "retry_attempts": r.retry.map(|p| p.max_attempts),
+                "transcode": r.transcode,
                 "request_headers": edits(&r.request_headers),
                 "response_headers": edits(&r.response_headers),
             })

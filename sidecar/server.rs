@@ -134,7 +134,15 @@ impl Sidecar {
                     }
                     None => None,
                 };
-                Some((g.clone(), routes, tls))
+                let transcode = if g.descriptors.is_empty() {
+                    None
+                } else {
+                    let (table, task) =
+                        gateway::transcode::watch(g.descriptors.clone()).map_err(SidecarError::Start)?;
+                    data_tasks.push(task);
+                    Some(table)
+                };
+                Some((g.clone(), routes, tls, transcode))
             }
             None => None,
         };
@@ -219,7 +227,9 @@ impl Sidecar {
         ));
         let mut servers = JoinSet::new();
         let mut gateway_routes = None;
-        if let (Some(l), Some((g, routes, tls)), Some(gateway_metrics)) = (gateway_l, gateway_data, gateway_metrics) {
+        if let (Some(l), Some((g, routes, tls, transcode)), Some(gateway_metrics)) =
+            (gateway_l, gateway_data, gateway_metrics)
+        {
             let routes = match routes {
                 Some(file) => gateway::Routes::File(file),
                 None => gateway::Routes::Policy(policy.clone()),
@@ -233,6 +243,7 @@ impl Sidecar {
                 cors: Cors::new(g.cors_origins.clone()),
                 trusted_hops: g.trusted_hops,
                 max_headers: g.max_headers,
+                transcode,
             });
             servers.spawn(gateway::listener::serve(l, gw, g, tls, drain.clone()));
         }

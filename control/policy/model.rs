@@ -785,6 +785,27 @@ window = "60s"
     fn the_sample_in_deploy_is_valid() {
         let doc = ok(include_str!("../../deploy/policies/orders.toml"));
         assert_eq!(doc.rbac.unwrap().rules.len(), 2);
+        let gateway =
+            parse_toml(include_str!("../../deploy/policies/gateway.toml"), "gateway.toml", "gateway").unwrap();
+        assert_eq!((gateway.route.len(), gateway.rate_limits.len()), (4, 1));
+    }
+
+    #[test]
+    fn gateway_routes_are_validated_with_the_field_named() {
+        let e = parse_toml(
+            "[[route]]\nname = \"a\"\npath_prefix = \"/a\"\nservice = \"users\"\nretry_attempts = 9\n",
+            "g.toml",
+            "gateway",
+        )
+        .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("route[0].retry_attempts"), "{e}");
+        let e = parse_toml(
+            "[[route]]\npath_prefix = \"/a\"\nservice = \"users\"\n[[route]]\npath = \"/b\"\n",
+            "g.toml",
+            "gateway",
+        )
+        .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("route[1].service"), "{e}");
     }
 
     #[test]

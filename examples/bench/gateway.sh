@@ -13,13 +13,16 @@
 # PEERS_SERVER_CPUS with one worker, the load (wrk, -t1) on CPU 0:
 #   direct   the backend itself (HTTP/1.1)
 #   nginx    nginx 1.22 one hop: HTTP/1.1 -> HTTP/1.1 keep-alive -> backend
-#   gateway  redfire-sidecar --mode gateway -> HTTP/2 over mTLS -> redfire-sidecar (echo) ->
-#            HTTP/1.1 -> backend: two proxies, the path every request through the gateway takes
-#            (the gateway's CPU and the service sidecar's are both charged, both on the server CPU)
+#   gateway  redfire-sidecar --mode gateway with JWT (RS256) + RBAC on -> HTTP/2 over mTLS ->
+#            redfire-sidecar (echo) -> HTTP/1.1 -> backend: two proxies, the path every request
+#            through the gateway takes (the gateway's CPU and the service sidecar's are both
+#            charged, both on the server CPU)
+#   gw_nojwt the same with a policy of routes only (what JWT + RBAC cost)
 # Per target: requests/s (median of rounds, order shuffled per round), p50/p99 latency from wrk
 # --latency (closed loop, BENCH_CONNS connections), non-2xx responses, and a check that the
 # backend's request counter grew by what wrk reports (else the row says INVALID).
-# No JWT: the policy layer is not in this branch (the issue's target is with JWT validation on).
+# Every target gets the same request, with the same `Authorization: Bearer` RS256 token (verified
+# tokens are cached by the gateway, as a keep-alive client reusing its token would see).
 #
 # Uses the running rig when its backend answers, else runs the rig's setup.sh/start.sh and, at
 # the end, its stop.sh. Stops exactly the processes it started, by PID.
@@ -101,31 +104,64 @@ count() { curl -s --noproxy '*' --max-time 2 "http://127.0.0.1:$BACKEND_PORT/__c
 
 # ---- control, the service sidecar, the gateway ----------------------------------------------
 CG=$(free_port); CA=$(free_port); IN=$(free_port); INA=$(free_port); INO=$(free_port)
-GW=$(free_port); GWA=$(free_port); NG=$(free_port)
-mkdir -p "$WORK/ca"
+GW=$(free_port); GWA=$(free_port); NG=$(free_port); GP=$(free_port); GPA=$(free_port)
+mkdir -p "$WORK/ca" "$WORK/policies"
+# The gateways' policies: routes, and for `gateway` JWT (RS256, a key made for this run) + RBAC.
+openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$WORK/jwt.key" 2>/dev/null
+openssl pkey -in "$WORK/jwt.key" -pubout -out "$WORK/jwt.pub"
+b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
+NOW=$(date +%s)
+JWT_SIGNING_INPUT="$(printf '{"alg":"RS256","typ":"JWT","kid":"bench"}' | b64url).$(printf \
+  '{"iss":"https://auth.bench","aud":"api","sub":"bench-user","roles":["user"],"iat":%d,"exp":%d}' \
+  "$NOW" $((NOW + 86400)) | b64url)"
+TOKEN="$JWT_SIGNING_INPUT.$(printf '%s' "$JWT_SIGNING_INPUT" | openssl dgst -sha256 -sign "$WORK/jwt.key" -binary | b64url)"
+ROUTE='[[route]]
+name = "echo"
+path_prefix = "/"
+service = "echo"'
+printf '%s\n' "$ROUTE" >"$WORK/policies/gateway-plain.toml"
+cat >"$WORK/policies/gateway.toml" <<EOF
+$ROUTE
+
+[jwt]
+[[jwt.issuers]]
+issuer = "https://auth.bench"
+audiences = ["api"]
+algorithms = ["RS256"]
+keys = [{ kid = "bench", pem = """$(cat "$WORK/jwt.pub")""" }]
+
+[rbac]
+roles = { user = ["read"] }
+[[rbac.rules]]
+path = "/*"
+permission = "read"
+EOF
 spawn "$WORK/control.log" "$BIN/redfire-control" --grpc-addr "127.0.0.1:$CG" --admin-addr "127.0.0.1:$CA" \
-  --ca-dir "$WORK/ca" --log-level warn
+  --ca-dir "$WORK/ca" --policy-dir "$WORK/policies" --log-level warn
 wait_for "control /ready" is200 "http://127.0.0.1:$CA/ready"
 tok() { "$BIN/redfire-control" --ca-dir "$WORK/ca" --log-level warn token create --service "$1"; }
-T_ECHO=$(tok echo); T_GW=$(tok gateway)
+T_ECHO=$(tok echo); T_GW=$(tok gateway); T_GP=$(tok gateway-plain)
 spawn "$WORK/echo-sidecar.log" env REDFIRE_BOOTSTRAP_TOKEN="$T_ECHO" taskset -c "$CPU" "$BIN/redfire-sidecar" \
   --control-addr "http://127.0.0.1:$CG" --service echo --worker-threads 1 --log-level warn \
   --inbound-addr "127.0.0.1:$IN" --admin-addr "127.0.0.1:$INA" --outbound-addr "127.0.0.1:$INO" \
   --app-addr "127.0.0.1:$BACKEND_PORT" --app-protocol http1
 ECHO_PID=$PID
-cat >"$WORK/routes.toml" <<EOF
-[[route]]
-name = "echo"
-path_prefix = "/"
-service = "echo"
-EOF
 spawn "$WORK/gateway.log" env REDFIRE_BOOTSTRAP_TOKEN="$T_GW" taskset -c "$CPU" "$BIN/redfire-sidecar" \
   --control-addr "http://127.0.0.1:$CG" --service gateway --mode gateway --worker-threads 1 --log-level warn \
-  --gateway-addr "127.0.0.1:$GW" --admin-addr "127.0.0.1:$GWA" --routes "$WORK/routes.toml"
+  --gateway-addr "127.0.0.1:$GW" --admin-addr "127.0.0.1:$GWA"
 GW_PID=$PID
+spawn "$WORK/gateway-plain.log" env REDFIRE_BOOTSTRAP_TOKEN="$T_GP" taskset -c "$CPU" "$BIN/redfire-sidecar" \
+  --control-addr "http://127.0.0.1:$CG" --service gateway-plain --mode gateway --worker-threads 1 \
+  --log-level warn --gateway-addr "127.0.0.1:$GP" --admin-addr "127.0.0.1:$GPA"
+GP_PID=$PID
+authcode() { curl -s --noproxy '*' --max-time 1 -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOKEN" "$1" 2>/dev/null || true; }
+auth200() { [ "$(authcode "$1")" = 200 ]; }
 wait_for "echo sidecar /ready" is200 "http://127.0.0.1:$INA/ready"
 wait_for "gateway /ready" is200 "http://127.0.0.1:$GWA/ready"
-wait_for "a 200 through the gateway" is200 "http://127.0.0.1:$GW/"
+wait_for "gateway-plain /ready" is200 "http://127.0.0.1:$GPA/ready"
+wait_for "a 200 through the gateway with the token" auth200 "http://127.0.0.1:$GW/"
+wait_for "a 200 through gateway-plain" auth200 "http://127.0.0.1:$GP/"
+[ "$(code "http://127.0.0.1:$GW/")" = 401 ] || die "the gateway lets a request without a token through"
 
 # ---- nginx, HTTP/1.1 plain reverse proxy ------------------------------------------------------
 mkdir -p "$WORK/nginx"
@@ -164,14 +200,16 @@ NGINX_PID=$PID
 wait_for "a 200 through nginx" is200 "http://127.0.0.1:$NG/"
 
 # ---- load -------------------------------------------------------------------------------------
-declare -A PORT=([direct]=$BACKEND_PORT [nginx]=$NG [gateway]=$GW)
+declare -A PORT=([direct]=$BACKEND_PORT [nginx]=$NG [gateway]=$GW [gw_nojwt]=$GP)
+TARGETS="direct nginx gateway gw_nojwt"
 declare -A RPS P50 P99 BAD
 # wrk prints latencies as 655.00us, 7.02ms or 1.20s: microseconds, so medians compare numbers.
 to_us() { awk '{ v = $1 + 0; if ($1 ~ /us$/) print v; else if ($1 ~ /ms$/) print v * 1000; else print v * 1000000 }'; }
 run() {   # run TARGET ROUND
   local t=$1 out c0 c1 n
   c0=$(count)
-  out=$(taskset -c 0 wrk -t1 -c"$CONNS" -d"${SECS}s" --latency "http://127.0.0.1:${PORT[$t]}/" 2>&1)
+  out=$(taskset -c 0 wrk -t1 -c"$CONNS" -d"${SECS}s" --latency -H "Authorization: Bearer $TOKEN" \
+    "http://127.0.0.1:${PORT[$t]}/" 2>&1)
   echo "$out" >"$WORK/wrk-$t-$2.txt"
   c1=$(count)
   n=$(awk '/requests in/ {print $1}' <<<"$out")
@@ -185,7 +223,7 @@ run() {   # run TARGET ROUND
   fi
 }
 for r in $(seq 1 "$ROUNDS"); do
-  for t in $(printf '%s\n' direct nginx gateway | shuf); do
+  for t in $(printf '%s\n' $TARGETS | shuf); do
     log "round $r: $t"
     run "$t" "$r"
   done
@@ -194,10 +232,11 @@ median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {print a[int((NR
 echo
 echo "HTTP/1.1 keep-alive, wrk -t1 -c$CONNS, ${SECS}s x $ROUNDS rounds (medians); servers on CPU $CPU, one worker each"
 printf '%-8s %10s %10s %10s %12s %s\n' target rps p50_us p99_us rss_MB check
-for t in direct nginx gateway; do
+for t in $TARGETS; do
   case $t in
     nginx) rss=$(( $(rss_kb "$NGINX_PID") )) ;;
     gateway) rss=$(( $(rss_kb "$GW_PID") + $(rss_kb "$ECHO_PID") )) ;;
+    gw_nojwt) rss=$(( $(rss_kb "$GP_PID") + $(rss_kb "$ECHO_PID") )) ;;
     *) rss=0 ;;
   esac
   printf '%-8s %10s %10s %10s %12s %s\n' "$t" "$(median <<<"${RPS[$t]}")" "$(median <<<"${P50[$t]}")" \

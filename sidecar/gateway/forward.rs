@@ -5,7 +5,8 @@
 //! `X-Forwarded-For`, `Forwarded` → the gateway's policy on the client's
 //! path ([`Policy::enforce_on_route`]: JWT, RBAC, verified claims as user
 //! headers, rate limits by route) → path rewrite and request header edits
-//! → gRPC-Web to gRPC → the mesh's outbound path
+//! → gRPC-Web to gRPC (or, on a `transcode = true` route, HTTP/JSON to
+//! gRPC: [`transcode`]) → the mesh's outbound path
 //! ([`Outbound::handle_with`]: discovery, balancing, retries, breakers,
 //! mTLS) with the route's subset, timeout and retry policy → response
 //! header edits, gRPC-Web framing, CORS → per-route metrics.
@@ -14,6 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
@@ -26,6 +28,7 @@ use crate::sidecar::gateway::Routes;
 use crate::sidecar::gateway::cors::Cors;
 use crate::sidecar::gateway::grpc_web;
 use crate::sidecar::gateway::metrics::{self, GatewayMetrics};
+use crate::sidecar::gateway::transcode::{self, table::Table};
 use crate::sidecar::outbound::proxy::{Outbound, Target};
 use crate::sidecar::policy::{Policy, Refused, path};
 use crate::sidecar::ratelimit::key;
@@ -53,6 +56,8 @@ pub struct Gateway {
     /// point; HTTP/2 only bounds the header list's size, so the count is
     /// checked here.
     pub max_headers: usize,
+    /// HTTP/JSON → gRPC bindings (`gateway_descriptors`), when configured.
+    pub transcode: Option<Arc<ArcSwap<Table>>>,
 }
 
 /// Facts about the client connection.
@@ -156,6 +161,17 @@ impl Gateway {
                 let resp = self.outbound.handle_with(Some(&route.service), req, &target).await;
                 grpc_web::from_grpc(resp, flavour, &suffix)
             }
+            None if route.transcode && !transcode::is_grpc(req.headers()) => match &self.transcode {
+                Some(table) => {
+                    let table = table.load_full();
+                    let req = req.map(|b| b.map_err(Into::into).boxed_unsync());
+                    transcode::handle(&table, req, &self.outbound, &route.service, &target, &request_id).await
+                }
+                None => {
+                    let msg = "transcoding route, but the gateway has no gateway_descriptors";
+                    json_error(StatusCode::NOT_FOUND, "NOT_FOUND", msg, &request_id)
+                }
+            },
             None => self.outbound.handle_with(Some(&route.service), req, &target).await,
         };
         route.response_headers.apply(resp.headers_mut());

@@ -93,6 +93,9 @@ pub struct Route {
     pub timeout: Option<Duration>,
     /// Retry policy; `None` uses the mesh default.
     pub retry: Option<RetryPolicy>,
+    /// HTTP/JSON requests are transcoded to gRPC (`google.api.http`
+    /// bindings from `gateway_descriptors`); gRPC and gRPC-Web pass as usual.
+    pub transcode: bool,
 }
 
 /// A route table and the version it was loaded as.
@@ -254,6 +257,7 @@ mod tests {
             subset: None,
             timeout: None,
             retry: None,
+            transcode: false,
         }
     }
 

@@ -18,6 +18,7 @@
 //! request_headers_remove = ["cookie"]
 //! response_headers_set = {}
 //! response_headers_remove = ["server"]
+//! transcode = true                   # optional: HTTP/JSON → gRPC (google.api.http)
 //! ```
 
 use std::collections::BTreeMap;
@@ -78,6 +79,8 @@ struct RawRoute {
     response_headers_set: BTreeMap<String, String>,
     #[serde(default)]
     response_headers_remove: Vec<String>,
+    #[serde(default)]
+    transcode: bool,
 }
 
 /// Reads and validates `path` into a table tagged `version`.
@@ -240,6 +243,7 @@ fn convert(r: RawRoute, index: usize) -> Result<Route, FieldError> {
         subset: r.subset.into_iter().next(),
         timeout,
         retry,
+        transcode: r.transcode,
     })
 }
 
