@@ -127,6 +127,20 @@ async fn jwt_user_calls_a_service_through_the_gateway_and_refusals_are_json() {
     assert_eq!(err["error"]["code"], "unauthenticated");
     assert_eq!(err["request_id"], "req-1");
 
+    // gRPC and gRPC-Web callers get the gRPC status, not a JSON page.
+    let mut h2 = support::mesh::h2c_client(m.addr).await;
+    for ct in ["application/grpc", "application/grpc-web+proto"] {
+        let req = Request::post("http://api.test/api/v1/users/42")
+            .header("content-type", ct)
+            .header("te", "trailers")
+            .body(Full::new(Bytes::from_static(&[0, 0, 0, 0, 0])).map_err(|n| match n {}).boxed_unsync())
+            .unwrap();
+        let resp = h2.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200, "{ct}");
+        assert_eq!(resp.headers()["grpc-status"], "16", "{ct}: UNAUTHENTICATED");
+        assert!(resp.headers()["content-type"].to_str().unwrap().starts_with(ct), "{ct}: {:?}", resp.headers());
+    }
+
     // A token signed by someone else: 401.
     let forged_token = rs256(&claims("mallory", &["admin"]), Some("k1"), RSA2_PRIVATE);
     let (status, _, _) =
@@ -155,7 +169,7 @@ async fn jwt_user_calls_a_service_through_the_gateway_and_refusals_are_json() {
 
     let (_, text) = http_get(m.gateway.admin_addr, "/metrics").await;
     assert!(text.contains("gateway_limited_total{route=\"users-v1\"} 1"), "{text}");
-    assert!(text.contains("gateway_auth_failures_total{route=\"users-v1\"} 2"), "{text}");
+    assert!(text.contains("gateway_auth_failures_total{route=\"users-v1\"} 4"), "{text}");
     assert!(text.contains("gateway_auth_failures_total{route=\"admin\"} 2"), "{text}");
 }
 
