@@ -68,31 +68,51 @@ pub const ROUTES_POLL: Duration = Duration::from_secs(1);
 /// change until the returned task is aborted. A bad edit is logged with its
 /// file, line and field, and the table in force stays.
 pub fn watch_routes(path: PathBuf) -> Result<(Arc<ArcSwap<RouteTable>>, tokio::task::JoinHandle<()>), String> {
-    let mtime = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let mut seen: Option<SystemTime> = mtime(&path);
-    let table = Arc::new(ArcSwap::from_pointee(routes_file::load(&path, 1).map_err(|e| e.to_string())?));
+    watch_files("routes", vec![path], |paths, version| routes_file::load(&paths[0], version).map_err(|e| e.to_string()))
+}
+
+/// Loads `what` from `paths` with `load(paths, version)` now (an error
+/// fails the start), then polls the files' modification times every
+/// [`ROUTES_POLL`] and swaps in a new load (version + 1) when one changed,
+/// until the returned task is aborted. A load that fails is logged and the
+/// value in force stays.
+pub fn watch_files<T, F>(
+    what: &'static str,
+    paths: Vec<PathBuf>,
+    load: F,
+) -> Result<(Arc<ArcSwap<T>>, tokio::task::JoinHandle<()>), String>
+where
+    T: Send + Sync + 'static,
+    F: Fn(&[PathBuf], u64) -> Result<T, String> + Send + 'static,
+{
+    let mtimes = |ps: &[PathBuf]| -> Vec<Option<SystemTime>> {
+        ps.iter().map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok()).collect()
+    };
+    let mut seen = mtimes(&paths);
+    let mut version = 1;
+    let value = Arc::new(ArcSwap::from_pointee(load(&paths, version)?));
     let task = tokio::spawn({
-        let table = table.clone();
+        let value = value.clone();
         async move {
             loop {
                 tokio::time::sleep(ROUTES_POLL).await;
-                let now = mtime(&path);
+                let now = mtimes(&paths);
                 if now == seen {
                     continue;
                 }
                 seen = now;
-                let version = table.load().version + 1;
-                match routes_file::load(&path, version) {
+                match load(&paths, version + 1) {
                     Ok(t) => {
-                        tracing::info!(version, routes = t.routes.len(), "gateway routes reloaded");
-                        table.store(Arc::new(t));
+                        version += 1;
+                        tracing::info!(version, "gateway {what} reloaded");
+                        value.store(Arc::new(t));
                     }
-                    Err(e) => tracing::error!(error = %e, "gateway routes not reloaded; keeping the table in force"),
+                    Err(e) => tracing::error!(error = %e, "gateway {what} not reloaded; keeping the version in force"),
                 }
             }
         }
     });
-    Ok((table, task))
+    Ok((value, task))
 }
 
 /// The route table as JSON, for `/admin/routes`.

@@ -87,6 +87,7 @@ if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
   log "cargo build --release --bins"
   (cd "$REPO" && cargo build --release --bins -q)
 fi
+command -v wrk >/dev/null && command -v nginx >/dev/null || "$PEERS_DIR/setup.sh"
 command -v wrk >/dev/null && command -v nginx >/dev/null || die "wrk and nginx are needed (the rig's setup.sh installs them)"
 
 RIG_ENV=${PEERS_HOME:-/tmp/redfire-peers}/run/rig.env

@@ -25,7 +25,6 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -33,7 +32,6 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full};
 
-use crate::sidecar::gateway::ROUTES_POLL;
 use crate::sidecar::gateway::forward::json_error;
 use crate::sidecar::outbound::proxy::{Outbound, Target};
 use crate::sidecar::{Body, BoxError};
@@ -51,41 +49,11 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
 /// them when one changes until the returned task is aborted. A bad edit is
 /// logged and the table in force stays.
 pub fn watch(paths: Vec<PathBuf>) -> Result<(Arc<ArcSwap<Table>>, tokio::task::JoinHandle<()>), String> {
-    let mtimes = |ps: &[PathBuf]| -> Vec<Option<SystemTime>> {
-        ps.iter().map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok()).collect()
-    };
-    let mut seen = mtimes(&paths);
-    let first = Table::load(&paths, 1).map_err(|e| e.to_string())?;
-    tracing::info!(bindings = first.bindings.len(), "gateway transcoding descriptors loaded");
-    let table = Arc::new(ArcSwap::from_pointee(first));
-    let task = tokio::spawn({
-        let table = table.clone();
-        async move {
-            loop {
-                tokio::time::sleep(ROUTES_POLL).await;
-                let now = mtimes(&paths);
-                if now == seen {
-                    continue;
-                }
-                seen = now;
-                let version = table.load().version + 1;
-                match Table::load(&paths, version) {
-                    Ok(t) => {
-                        tracing::info!(
-                            version,
-                            bindings = t.bindings.len(),
-                            "gateway transcoding descriptors reloaded"
-                        );
-                        table.store(Arc::new(t));
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "gateway descriptors not reloaded; keeping the table in force")
-                    }
-                }
-            }
-        }
-    });
-    Ok((table, task))
+    crate::sidecar::gateway::watch_files("transcoding descriptors", paths, |paths, version| {
+        let t = Table::load(paths, version).map_err(|e| e.to_string())?;
+        tracing::info!(version, bindings = t.bindings.len(), "gateway transcoding descriptors loaded");
+        Ok(t)
+    })
 }
 
 /// Transcodes one request (path already rewritten by the route) to
