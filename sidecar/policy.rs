@@ -35,7 +35,7 @@ use http::{HeaderName, HeaderValue, Uri};
 use tokio::sync::watch;
 use tonic::transport::Endpoint as GrpcEndpoint;
 
-use crate::control::policy::model::PolicyDoc;
+use crate::control::policy::model::{PolicyDoc, TopicRule};
 use crate::proto::policy::v1 as pb;
 use crate::proto::policy::v1::policy_client::PolicyClient;
 use crate::sidecar::errors::ProxyError;
@@ -129,12 +129,23 @@ pub struct Compiled {
     pub rate_limits: Vec<toml::Table>,
     /// The limiter built from `rate_limits` (none when there are no rules).
     limiter: Option<RateLimiter>,
+    /// WebSocket hub topic rules (gateway).
+    topics: Vec<TopicRule>,
 }
 
 impl Compiled {
     /// No policy: everything passes unchanged.
     pub fn none() -> Compiled {
-        Compiled { version: 0, authz: None, jwt: None, rbac: None, roles: None, rate_limits: Vec::new(), limiter: None }
+        Compiled {
+            version: 0,
+            authz: None,
+            jwt: None,
+            rbac: None,
+            roles: None,
+            rate_limits: Vec::new(),
+            limiter: None,
+            topics: Vec::new(),
+        }
     }
 
     /// Compiles a document; JWKS caches come from `registry`.
@@ -147,6 +158,7 @@ impl Compiled {
             roles: doc.rbac.as_ref().and_then(|r| r.redis.as_ref()).map(RoleLookup::new).transpose()?,
             rate_limits: doc.rate_limits.clone(),
             limiter: None,
+            topics: doc.topics.clone(),
         })
     }
 
@@ -174,6 +186,22 @@ impl Compiled {
     /// The JWT part, if any.
     pub fn jwt(&self) -> Option<&JwtAuth> {
         self.jwt.as_ref()
+    }
+
+    /// The WebSocket hub's topic rules.
+    pub fn topics(&self) -> &[TopicRule] {
+        &self.topics
+    }
+
+    /// A verified user's roles: from the roles claim (`rbac.roles_claim`,
+    /// else `roles`) plus those kept in Redis when configured.
+    pub async fn user_roles(&self, claims: &serde_json::Map<String, serde_json::Value>) -> Vec<String> {
+        let claim = self.rbac.as_ref().map(|r| r.roles_claim.as_str()).unwrap_or("roles");
+        let mut roles: Vec<String> = jwt::roles(claims, claim).into_iter().map(String::from).collect();
+        if let (Some(lookup), Some(sub)) = (&self.roles, claims.get("sub").and_then(|s| s.as_str())) {
+            roles.extend(lookup.roles(sub).await.iter().cloned());
+        }
+        roles
     }
 
     /// Decides on one request: `parts` as received, `peer` the caller's
