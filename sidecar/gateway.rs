@@ -8,11 +8,13 @@
 //! (route, rewrite, forwarding headers, [`grpc_web`], [`cors`]) →
 //! `outbound::proxy::Outbound::handle_with` → peer sidecar over mTLS.
 //! Routes come from [`routes_file`] into [`route::RouteTable`], swapped whole
-//! on change.
+//! on change. A WebSocket upgrade on the hub path (`/ws`) is served by the
+//! gateway itself instead: [`hub`] (topics of control's event bus).
 
 pub mod cors;
 pub mod forward;
 pub mod grpc_web;
+pub mod hub;
 pub mod listener;
 pub mod metrics;
 pub mod route;

@@ -1,4 +1,5 @@
-//! One gateway request, in order: CORS preflight → route lookup (unknown
+//! One gateway request, in order: CORS preflight → the WebSocket hub
+//! (an upgrade on the hub path goes to [`Hub::accept`]) → route lookup (unknown
 //! → 404 with a JSON body) → `X-Request-Id`, `X-Forwarded-For`,
 //! `Forwarded` → path rewrite and request header edits → gRPC-Web to gRPC
 //! → the mesh's outbound path ([`Outbound::handle_with`]: discovery,
@@ -23,6 +24,7 @@ use hyper::body::Incoming;
 use crate::sidecar::Body;
 use crate::sidecar::gateway::cors::Cors;
 use crate::sidecar::gateway::grpc_web;
+use crate::sidecar::gateway::hub::Hub;
 use crate::sidecar::gateway::metrics::GatewayMetrics;
 use crate::sidecar::gateway::route::RouteTable;
 use crate::sidecar::outbound::proxy::{Outbound, Target};
@@ -47,6 +49,8 @@ pub struct Gateway {
     /// point; HTTP/2 only bounds the header list's size, so the count is
     /// checked here.
     pub max_headers: usize,
+    /// The WebSocket topic hub (`None`: off; upgrades pass through to routes).
+    pub hub: Option<Arc<Hub>>,
 }
 
 /// Facts about the client connection.
@@ -81,6 +85,12 @@ impl Gateway {
                 id
             }
         };
+        if let Some(hub) = self.hub.as_ref().filter(|h| h.wants(&req)) {
+            let mut r = hub.accept(req, &request_id).await;
+            r.headers_mut().insert(REQUEST_ID, request_id);
+            self.metrics.observe("ws-hub", r.status(), started.elapsed());
+            return r;
+        }
         let host = host_of(&req);
         let table = self.routes.load_full();
         let Some(matched) = table.find(host.as_deref(), req.method(), req.uri().path(), req.headers()) else {
