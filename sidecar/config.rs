@@ -284,6 +284,9 @@ pub struct HubConfig {
     pub pong_timeout: Duration,
     /// Hub connections per user at most.
     pub max_per_user: usize,
+    /// Hub connections in all at most (`gateway_max_connections`: an
+    /// upgraded connection leaves the listener's count).
+    pub max_connections: usize,
     /// Replica name on the event bus (`None`: the instance id).
     pub replica: Option<String>,
 }
@@ -735,6 +738,7 @@ fn gateway_config(s: &Settings) -> Result<GatewayConfig, ConfigError> {
                 duration("gateway_ws_pong_timeout", s.gateway_ws_pong_timeout.clone(), "20s")?,
             )?,
             max_per_user: number("gateway_ws_max_per_user", s.gateway_ws_max_per_user.as_ref(), 16usize)?,
+            max_connections: number("gateway_max_connections", s.gateway_max_connections.as_ref(), 10_000usize)?,
             replica,
         })
     };

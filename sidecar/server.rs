@@ -221,8 +221,16 @@ impl Sidecar {
             let hub = match (&g.ws, hub_metrics) {
                 (Some(ws), Some(m)) => {
                     let replica = ws.replica.clone().unwrap_or_else(|| config.instance_id.clone());
-                    let hub = Hub::new(ws.clone(), &config.control_addr, &replica, &config.service, policy.clone(), m)
-                        .map_err(SidecarError::Start)?;
+                    let hub = Hub::new(
+                        ws.clone(),
+                        &config.control_addr,
+                        &replica,
+                        &config.service,
+                        policy.clone(),
+                        m,
+                        drain.clone(),
+                    )
+                    .map_err(SidecarError::Start)?;
                     Some(Arc::new(hub))
                 }
                 _ => None,

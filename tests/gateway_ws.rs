@@ -354,3 +354,37 @@ async fn a_reader_that_stops_is_closed_as_a_slow_consumer() {
     assert!(open, "only the reading client is still connected");
     reader.abort();
 }
+
+/// Reads until a close frame (its code) or the end of the connection (`None`).
+async fn close_code(ws: &mut Ws) -> Option<CloseCode> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("closed in time") {
+            Some(Ok(Message::Close(f))) => return f.map(|f| f.code),
+            Some(Ok(_)) => continue,
+            _ => return None,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_silent_client_is_closed_after_the_pong_timeout_and_every_client_at_drain() {
+    let extra = SidecarSettings {
+        gateway_ws_ping_interval: Some("200ms".into()),
+        gateway_ws_pong_timeout: Some("300ms".into()),
+        ..Default::default()
+    };
+    let h = hub(1, extra).await;
+    let gw = &h.gateways[0];
+    let mut silent = open_as(addr(gw), "henry", &["viewer"]).await;
+    let mut live = open_as(addr(gw), "ivy", &["viewer"]).await;
+    assert_eq!(subscribe(&mut live, "trading_signals").await["type"], "ack");
+    // `live` reads (answering pings) while `silent` reads nothing.
+    assert!(next_json(&mut live, Duration::from_millis(1500)).await.is_none());
+    // Its pongs to the queued pings may meet the closed socket before it
+    // reads the close frame: either way the connection has ended.
+    let code = close_code(&mut silent).await;
+    assert!(matches!(code, None | Some(CloseCode::Away)), "{code:?}");
+    assert_eq!(metric(gw, "redfire_sidecar_gateway_ws_closes_total{reason=\"pong_timeout\"}").await, 1.0);
+    gw.shutdown();
+    assert_eq!(close_code(&mut live).await, Some(CloseCode::Away), "draining closes with 1001");
+}

@@ -11,7 +11,8 @@
 //!    `[jwt]` verifies the token from the policy's sources (header, cookie,
 //!    query) or else from `Sec-WebSocket-Protocol` (`bearer, <jwt>` or
 //!    `redfire.jwt.<jwt>`) — 401;
-//! 4. the per-user (`sub`) connection limit (429).
+//! 4. the per-user (`sub`) connection limit (429) and the hub's total
+//!    (`gateway_max_connections`, 503).
 //!
 //! Then [`conn::run`] serves the connection; [`bus::Bus`] bridges topics to
 //! control's `redfire.events.v1` and fans events out. Subscribe and
@@ -37,6 +38,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
+use crate::control::shutdown::Drain;
 use crate::sidecar::Body;
 use crate::sidecar::config::HubConfig;
 use crate::sidecar::gateway::forward::json_error;
@@ -74,8 +76,16 @@ pub struct Hub {
     pub policy: Arc<Policy>,
     /// Metrics.
     pub metrics: HubMetrics,
+    /// Draining closes every connection with 1001.
+    pub drain: Drain,
     users: Mutex<HashMap<String, usize>>,
     next_id: AtomicU64,
+}
+
+/// Which connection limit a handshake hit.
+enum Full {
+    User,
+    Hub,
 }
 
 /// Holds one of a user's connection slots; released on drop.
@@ -107,6 +117,7 @@ impl Hub {
         source: &str,
         policy: Arc<Policy>,
         metrics: HubMetrics,
+        drain: Drain,
     ) -> Result<Hub, String> {
         // An instance id may hold characters a group name may not.
         let replica: String = replica
@@ -119,6 +130,7 @@ impl Hub {
             config,
             policy,
             metrics,
+            drain,
             users: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
         })
@@ -182,9 +194,19 @@ impl Hub {
         let Some(sub) = claims.get("sub").and_then(|s| s.as_str()).filter(|s| !s.is_empty()).map(String::from) else {
             return refuse(StatusCode::UNAUTHORIZED, "unauthenticated", "the token has no sub");
         };
-        let Some(slot) = self.reserve(&sub) else {
-            let msg = format!("at most {} hub connections per user", self.config.max_per_user);
-            return refuse(StatusCode::TOO_MANY_REQUESTS, "too_many_connections", &msg);
+        if self.drain.is_draining() {
+            return refuse(StatusCode::SERVICE_UNAVAILABLE, "draining", "the gateway is shutting down");
+        }
+        let slot = match self.reserve(&sub) {
+            Ok(slot) => slot,
+            Err(Full::User) => {
+                let msg = format!("at most {} hub connections per user", self.config.max_per_user);
+                return refuse(StatusCode::TOO_MANY_REQUESTS, "too_many_connections", &msg);
+            }
+            Err(Full::Hub) => {
+                let msg = format!("the hub has {} connections", self.config.max_connections);
+                return refuse(StatusCode::SERVICE_UNAVAILABLE, "max_connections", &msg);
+            }
         };
         let roles = policy.user_roles(&claims).await;
         let chosen = choose_protocol(&offered);
@@ -226,15 +248,18 @@ impl Hub {
         o.is_empty() || o.iter().any(|a| a == "*" || a.as_bytes().eq_ignore_ascii_case(origin.as_bytes()))
     }
 
-    fn reserve(self: &Arc<Self>, sub: &str) -> Option<UserSlot> {
+    fn reserve(self: &Arc<Self>, sub: &str) -> Result<UserSlot, Full> {
         let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        if self.metrics.connections.get() >= self.config.max_connections as i64 {
+            return Err(Full::Hub);
+        }
         let n = users.entry(sub.to_string()).or_insert(0);
         if *n >= self.config.max_per_user {
-            return None;
+            return Err(Full::User);
         }
         *n += 1;
         self.metrics.connections.inc();
-        Some(UserSlot { hub: self.clone(), sub: sub.to_string() })
+        Ok(UserSlot { hub: self.clone(), sub: sub.to_string() })
     }
 }
 

@@ -7,7 +7,7 @@
 //! - 1008 "slow consumer" when the fan-out found the queue full, even while
 //!   a write is blocked on a client that stopped reading;
 //! - 1001 when nothing (no pong, no message) came back for a ping interval
-//!   plus the pong timeout.
+//!   plus the pong timeout, and when the gateway drains.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -55,10 +55,12 @@ pub async fn run(hub: Arc<Hub>, mut ws: Ws, session: Session) {
     let interval = hub.config.ping_interval;
     let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
     let mut heard = Instant::now();
+    let mut draining = hub.drain.subscribe();
     let end = loop {
         tokio::select! {
             biased;
             _ = slow.notified() => break End::Close(CloseCode::Policy, "slow_consumer"),
+            _ = started(&mut draining) => break End::Close(CloseCode::Away, "shutdown"),
             m = ws.next() => match m {
                 None | Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => break End::Client,
                 Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => break End::TooBig,
@@ -69,8 +71,11 @@ pub async fn run(hub: Arc<Hub>, mut ws: Ws, session: Session) {
                 Some(Ok(msg)) => {
                     heard = Instant::now();
                     match msg {
-                        Message::Text(t) if !handle(&hub, &session, &t, &outbox, &mut topics).await => {
-                            break End::Close(CloseCode::Policy, "slow_consumer");
+                        Message::Text(t) => {
+                            let queued = handle(&hub, &session, &t, &outbox, &mut topics).await;
+                            if !queued {
+                                break End::Close(CloseCode::Policy, "slow_consumer");
+                            }
                         }
                         Message::Binary(_) => {
                             hub.metrics.message_in("invalid");
@@ -140,6 +145,11 @@ pub async fn run(hub: Arc<Hub>, mut ws: Ws, session: Session) {
             close(&mut ws, code, reason.replace('_', " ")).await;
         }
     }
+}
+
+/// Resolves once draining has started (the guard is not held across awaits).
+async fn started(draining: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = draining.wait_for(|d| *d).await;
 }
 
 async fn close(ws: &mut Ws, code: CloseCode, reason: String) {

@@ -199,6 +199,29 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        // Peer input (RELIABILITY.md row 8): any text is an error or a
+        // message, never a panic.
+        #[test]
+        fn parsing_any_text_never_panics(s in ".{0,300}") {
+            if let Ok(m) = parse(&s) {
+                let _ = (m.topic(), m.id(), m.kind());
+            }
+        }
+
+        #[test]
+        fn parsing_near_messages_never_panics(
+            ty in "(subscribe|unsubscribe|publish|x)",
+            topic in "[a-z0-9./ _-]{0,12}",
+            id in "(1|\"a\"|null|\\{\\}|\\[1\\])",
+        ) {
+            let text = format!(r#"{{"type":"{ty}","topic":"{topic}","id":{id},"data":{{"k":[1,2]}}}}"#);
+            if let Ok(m) = parse(&text) {
+                let _ = (m.topic(), m.id(), m.kind());
+            }
+        }
+    }
+
     #[test]
     fn event_messages_carry_topic_position_and_data() {
         let Message::Text(t) = event("t", "1-0", json!({"type": "x"})) else { panic!("text") };
