@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use redfire::control::config::Config;
+use redfire::control::config::{Config, Settings as ControlSettings};
 use redfire::control::events::client::{EventsClient, Subscribe};
 use redfire::control::identity::ca::Ca;
 use redfire::control::identity::token;
@@ -22,7 +22,7 @@ use redfire::sidecar::server::Sidecar;
 use serde_json::{Value, json};
 use support::gateway::TempFile;
 use support::policy::*;
-use support::{control, eventually, http_get, settings};
+use support::{control, eventually, free_port, http_get, redis_settings, settings, shared_redis, unique_prefix};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -61,10 +61,14 @@ struct Hub {
     _routes: TempFile,
 }
 
-/// One control with the hub policy for `gateway`, and `replicas` gateways.
+/// One control (memory store) with the hub policy for `gateway`, and
+/// `replicas` gateways.
 async fn hub(replicas: usize, extra: SidecarSettings) -> Hub {
+    hub_on(settings(), replicas, extra).await
+}
+
+async fn hub_on(control_settings: ControlSettings, replicas: usize, extra: SidecarSettings) -> Hub {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let control_settings = settings();
     let control = control(control_settings.clone()).await;
     let version = set_policy(control.grpc_addr, "gateway", &hub_policy()).await;
     let ca = Ca::load(Config::from_settings(control_settings).unwrap().ca).await.unwrap();
@@ -387,4 +391,45 @@ async fn a_silent_client_is_closed_after_the_pong_timeout_and_every_client_at_dr
     assert_eq!(metric(gw, "redfire_sidecar_gateway_ws_closes_total{reason=\"pong_timeout\"}").await, 1.0);
     gw.shutdown();
     assert_eq!(close_code(&mut live).await, Some(CloseCode::Away), "draining closes with 1001");
+}
+
+/// The next event carries `{"n": n}`.
+async fn expect_n(ws: &mut Ws, n: u32) {
+    let ev = next_json(ws, Duration::from_secs(15)).await.expect("the event arrives");
+    assert_eq!(ev["data"]["data"]["n"], n, "{ev}");
+}
+
+#[tokio::test]
+async fn across_a_control_restart_on_redis_every_event_arrives_once() {
+    let Some(url) = shared_redis() else { return };
+    let prefix = unique_prefix("gateway-ws");
+    let port = free_port();
+    let on_port =
+        |port: u16| ControlSettings { grpc_addr: Some(format!("127.0.0.1:{port}")), ..redis_settings(&url, &prefix) };
+    let h = hub_on(on_port(port), 1, SidecarSettings::default()).await;
+    let gw = &h.gateways[0];
+    let mut ws = open_as(addr(gw), "judy", &["viewer"]).await;
+    assert_eq!(subscribe(&mut ws, "trading_signals").await["type"], "ack");
+    let publish = |control: SocketAddr, n: u32| async move {
+        let mut c = EventsClient::connect(&format!("http://{control}"), "signals").await.unwrap();
+        let data = format!("{{\"n\":{n}}}").into_bytes();
+        c.publish_domain_event("trading_signals", "signal.created", "s", "Signal", data).await.unwrap();
+    };
+    publish(h.control.grpc_addr, 1).await;
+    expect_n(&mut ws, 1).await;
+
+    // The gateway's control goes away; another replica on the same Redis
+    // takes a publish meanwhile; the first comes back on its port.
+    let Hub { control: first, gateways, _routes } = h;
+    first.shutdown();
+    first.wait().await.unwrap();
+    let other = control(on_port(0)).await;
+    publish(other.grpc_addr, 2).await;
+    let back = control(on_port(port)).await;
+    expect_n(&mut ws, 2).await;
+    publish(back.grpc_addr, 3).await;
+    expect_n(&mut ws, 3).await;
+    let more = next_json(&mut ws, Duration::from_millis(800)).await;
+    assert!(more.is_none(), "no event twice: {more:?}");
+    drop(gateways);
 }

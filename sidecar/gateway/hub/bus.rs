@@ -212,12 +212,14 @@ impl Upstream {
                     }
                 }
             }
-            match self.stream(&mut first, skip_through, &mut seen).await {
+            let mut opened = false;
+            match self.stream(&mut first, &mut opened, skip_through, &mut seen).await {
                 Ok(()) => tracing::info!(topic = %self.topic, "hub event stream ended; reopening"),
                 Err(e) => tracing::warn!(topic = %self.topic, error = %e, "hub event stream failed; reopening"),
             }
             self.opened.send_replace(false);
-            failures = if first { failures + 1 } else { 1 };
+            // Back off more while the stream cannot open at all.
+            failures = if opened { 1 } else { failures + 1 };
             backoff(failures).await;
         }
     }
@@ -238,7 +240,13 @@ impl Upstream {
         }
     }
 
-    async fn stream(&mut self, first: &mut bool, skip_through: Position, seen: &mut Seen) -> Result<(), tonic::Status> {
+    async fn stream(
+        &mut self,
+        first: &mut bool,
+        opened: &mut bool,
+        skip_through: Position,
+        seen: &mut Seen,
+    ) -> Result<(), tonic::Status> {
         let (tx, rx) = mpsc::channel(UPSTREAM_IN_FLIGHT as usize + 8);
         let open = pb::Open {
             topics: vec![self.topic.clone()],
@@ -254,6 +262,7 @@ impl Upstream {
             match msg.message {
                 Some(pb::subscribe_response::Message::Opened(_)) => {
                     *first = false;
+                    *opened = true;
                     self.opened.send_replace(true);
                 }
                 Some(pb::subscribe_response::Message::Delivery(d)) => {
