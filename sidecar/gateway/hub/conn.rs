@@ -95,6 +95,7 @@ pub async fn run(hub: Arc<Hub>, mut ws: Ws, session: Session) {
                 tokio::select! {
                     biased;
                     _ = slow.notified() => break End::Close(CloseCode::Policy, "slow_consumer"),
+                    _ = started(&mut draining) => break End::Close(CloseCode::Away, "shutdown"),
                     r = ws.send(out) => if r.is_err() { break End::Client },
                 }
             }
