@@ -14,7 +14,8 @@
 //! fan-out ends before the next starts), each stamped with its publish
 //! time, and every client records receive time − publish time. The table
 //! gives delivery latency p50/p99 over all N × 20 deliveries, the gateway's
-//! CPU time per event (utime + stime from /proc) and its RSS. Clients,
+//! CPU time per event (utime + stime from /proc), this process's (clients,
+//! publisher and control) and the gateway's RSS. Clients,
 //! control and gateway share the machine's cores, so the latency includes
 //! the clients' own reads and scheduling.
 //!
@@ -166,9 +167,9 @@ async fn main() -> anyhow::Result<()> {
     let mut publisher = EventsClient::connect(&control_url, "bench").await?;
 
     println!(
-        "| subscribers | connect s | p50 ms | p99 ms | max ms | deliveries | RSS before MB | RSS idle MB | per conn KB |"
+        "| subscribers | connect s | p50 ms | p99 ms | max ms | deliveries | gateway CPU ms/event | clients CPU ms/event | RSS before MB | RSS idle MB | per conn KB |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for n in counts {
         let before = rss_kib(pid);
         let t0 = Instant::now();
@@ -215,12 +216,15 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let idle = rss_kib(pid);
         let cpu_before = cpu_ticks(pid);
+        let own_before = cpu_ticks(std::process::id());
         for _ in 0..EVENTS {
             let data = serde_json::json!({ "t": unix_us() }).to_string().into_bytes();
             publisher.publish_domain_event("bench", "tick", "bench", "Bench", data).await?;
             tokio::time::sleep(SPACING).await;
         }
         let cpu_ms = (cpu_ticks(pid) - cpu_before) as f64 * 10.0 / EVENTS as f64;
+        // This process: the clients, the publisher and control.
+        let own_ms = (cpu_ticks(std::process::id()) - own_before) as f64 * 10.0 / EVENTS as f64;
         let _ =
             tokio::time::timeout(Duration::from_secs(30), async { while clients.join_next().await.is_some() {} }).await;
         clients.abort_all();
@@ -228,7 +232,7 @@ async fn main() -> anyhow::Result<()> {
         lat.sort_unstable();
         let mb = |k: u64| k as f64 / 1024.0;
         println!(
-            "| {n} ({connected} connected) | {connect_s:.1} | {:.1} | {:.1} | {:.1} | {} | {cpu_ms:.1} | {:.1} | {:.1} | {:.1} |",
+            "| {n} ({connected} connected) | {connect_s:.1} | {:.1} | {:.1} | {:.1} | {} | {cpu_ms:.1} | {own_ms:.1} | {:.1} | {:.1} | {:.1} |",
             percentile(&lat, 0.5),
             percentile(&lat, 0.99),
             percentile(&lat, 1.0),
