@@ -56,11 +56,16 @@ pub async fn run(hub: Arc<Hub>, mut ws: Ws, session: Session) {
     let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
     let mut heard = Instant::now();
     let mut draining = hub.drain.subscribe();
+    // Made once, not per loop turn: registering a waiter costs a lock, and a
+    // fan-out wakes every connection.
+    let slow_now = slow.notified();
+    let drain_now = started(&mut draining);
+    tokio::pin!(slow_now, drain_now);
     let end = loop {
         tokio::select! {
             biased;
-            _ = slow.notified() => break End::Close(CloseCode::Policy, "slow_consumer"),
-            _ = started(&mut draining) => break End::Close(CloseCode::Away, "shutdown"),
+            _ = &mut slow_now => break End::Close(CloseCode::Policy, "slow_consumer"),
+            _ = &mut drain_now => break End::Close(CloseCode::Away, "shutdown"),
             m = ws.next() => match m {
                 None | Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => break End::Client,
                 Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => break End::TooBig,
@@ -94,8 +99,8 @@ pub async fn run(hub: Arc<Hub>, mut ws: Ws, session: Session) {
                 let Some(out) = out else { break End::Client };
                 tokio::select! {
                     biased;
-                    _ = slow.notified() => break End::Close(CloseCode::Policy, "slow_consumer"),
-                    _ = started(&mut draining) => break End::Close(CloseCode::Away, "shutdown"),
+                    _ = &mut slow_now => break End::Close(CloseCode::Policy, "slow_consumer"),
+                    _ = &mut drain_now => break End::Close(CloseCode::Away, "shutdown"),
                     r = ws.send(out) => if r.is_err() { break End::Client },
                 }
             }
@@ -105,7 +110,7 @@ pub async fn run(hub: Arc<Hub>, mut ws: Ws, session: Session) {
                 }
                 let sent = tokio::select! {
                     biased;
-                    _ = slow.notified() => break End::Close(CloseCode::Policy, "slow_consumer"),
+                    _ = &mut slow_now => break End::Close(CloseCode::Policy, "slow_consumer"),
                     r = ws.send(Message::Ping(Default::default())) => r,
                 };
                 if sent.is_err() {
