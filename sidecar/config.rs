@@ -181,6 +181,30 @@ pub struct Settings {
     /// whose google.api.http bindings `transcode = true` routes serve as HTTP/JSON; reloaded when they change [default: none]
     #[arg(long, env = "REDFIRE_GATEWAY_DESCRIPTORS")]
     pub gateway_descriptors: Option<String>,
+    /// Gateway: path of the WebSocket topic hub; empty turns the hub off [default: /ws]
+    #[arg(long, env = "REDFIRE_GATEWAY_WS_PATH")]
+    pub gateway_ws_path: Option<String>,
+    /// Gateway: browser origins allowed to open the hub, comma-separated, or `*` [default: the CORS origins if set, else any]
+    #[arg(long, env = "REDFIRE_GATEWAY_WS_ORIGINS")]
+    pub gateway_ws_origins: Option<String>,
+    /// Gateway: largest WebSocket message (and frame) a client may send; bigger closes with 1009 [default: 65536]
+    #[arg(long, env = "REDFIRE_GATEWAY_WS_MAX_MESSAGE")]
+    pub gateway_ws_max_message: Option<String>,
+    /// Gateway: messages queued per hub connection; a client that lets it fill is closed as a slow consumer [default: 256]
+    #[arg(long, env = "REDFIRE_GATEWAY_WS_QUEUE")]
+    pub gateway_ws_queue: Option<String>,
+    /// Gateway: time between pings on a hub connection [default: 20s]
+    #[arg(long, env = "REDFIRE_GATEWAY_WS_PING_INTERVAL")]
+    pub gateway_ws_ping_interval: Option<String>,
+    /// Gateway: a hub connection with no pong (nor any frame) this long after a ping is closed [default: 20s]
+    #[arg(long, env = "REDFIRE_GATEWAY_WS_PONG_TIMEOUT")]
+    pub gateway_ws_pong_timeout: Option<String>,
+    /// Gateway: hub connections per user (JWT `sub`); more get 429 at the handshake [default: 16]
+    #[arg(long, env = "REDFIRE_GATEWAY_WS_MAX_PER_USER")]
+    pub gateway_ws_max_per_user: Option<String>,
+    /// Gateway: this replica's name on the event bus (consumer group `gateway-hub.<name>`); keep it stable across restarts [default: the instance id]
+    #[arg(long, env = "REDFIRE_GATEWAY_WS_REPLICA")]
+    pub gateway_ws_replica: Option<String>,
     /// Log format: human or json [default: human]
     #[arg(long, env = "REDFIRE_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -245,6 +269,32 @@ pub struct GatewayConfig {
     pub cors_origins: Vec<String>,
     /// Descriptor sets for HTTP/JSON transcoding (empty: none).
     pub descriptors: Vec<PathBuf>,
+    /// The WebSocket topic hub (`None`: off).
+    pub ws: Option<HubConfig>,
+}
+
+/// Validated settings of the gateway's WebSocket topic hub.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Request path that opens the hub.
+    pub path: String,
+    /// Origins allowed at the handshake (empty: any; `*` allows any).
+    pub origins: Vec<String>,
+    /// Largest client message and frame, bytes.
+    pub max_message: usize,
+    /// Messages queued per connection before it is closed as a slow consumer.
+    pub queue: usize,
+    /// Time between pings.
+    pub ping_interval: Duration,
+    /// Silence after a ping that closes the connection.
+    pub pong_timeout: Duration,
+    /// Hub connections per user at most.
+    pub max_per_user: usize,
+    /// Hub connections in all at most (`gateway_max_connections`: an
+    /// upgraded connection leaves the listener's count).
+    pub max_connections: usize,
+    /// Replica name on the event bus (`None`: the instance id).
+    pub replica: Option<String>,
 }
 
 /// Validated settings.
@@ -372,6 +422,14 @@ impl Settings {
             gateway_trusted_hops,
             gateway_cors_origins,
             gateway_descriptors,
+            gateway_ws_path,
+            gateway_ws_origins,
+            gateway_ws_max_message,
+            gateway_ws_queue,
+            gateway_ws_ping_interval,
+            gateway_ws_pong_timeout,
+            gateway_ws_max_per_user,
+            gateway_ws_replica,
             log_format,
             log_level
         )
@@ -642,6 +700,51 @@ fn gateway_config(s: &Settings) -> Result<GatewayConfig, ConfigError> {
         _ => return Err(err("gateway_trusted_hops", "not a number in 0..=16")),
     };
     let nonzero = |key: &str, d: Duration| if d.is_zero() { Err(err(key, "must be above 0")) } else { Ok(d) };
+    let list = |v: Option<&str>| -> Vec<String> {
+        v.unwrap_or("").split(',').map(str::trim).filter(|o| !o.is_empty()).map(String::from).collect()
+    };
+    let cors_origins = list(s.gateway_cors_origins.as_deref());
+    let ws_path = s.gateway_ws_path.clone().unwrap_or_else(|| "/ws".into());
+    let ws = if ws_path.is_empty() {
+        None
+    } else {
+        if !ws_path.starts_with('/') || ws_path.parse::<http::uri::PathAndQuery>().is_err() || ws_path.contains('?') {
+            return Err(err("gateway_ws_path", format!("{ws_path:?} is not a path like /ws")));
+        }
+        let max_message = number("gateway_ws_max_message", s.gateway_ws_max_message.as_ref(), 65_536usize)?;
+        if !(128..=16 << 20).contains(&max_message) {
+            return Err(err("gateway_ws_max_message", "must be in 128..=16777216"));
+        }
+        let queue = number("gateway_ws_queue", s.gateway_ws_queue.as_ref(), 256usize)?;
+        if queue > 65_536 {
+            return Err(err("gateway_ws_queue", "must be in 1..=65536"));
+        }
+        let replica = s.gateway_ws_replica.clone().filter(|r| !r.is_empty());
+        if let Some(r) = &replica {
+            crate::control::events::model::validate_name("replica", &format!("gateway-hub.{r}"))
+                .map_err(|e| err("gateway_ws_replica", e.to_string()))?;
+        }
+        Some(HubConfig {
+            path: ws_path,
+            origins: match s.gateway_ws_origins.as_deref() {
+                Some(o) => list(Some(o)),
+                None => cors_origins.clone(),
+            },
+            max_message,
+            queue,
+            ping_interval: nonzero(
+                "gateway_ws_ping_interval",
+                duration("gateway_ws_ping_interval", s.gateway_ws_ping_interval.clone(), "20s")?,
+            )?,
+            pong_timeout: nonzero(
+                "gateway_ws_pong_timeout",
+                duration("gateway_ws_pong_timeout", s.gateway_ws_pong_timeout.clone(), "20s")?,
+            )?,
+            max_per_user: number("gateway_ws_max_per_user", s.gateway_ws_max_per_user.as_ref(), 16usize)?,
+            max_connections: number("gateway_max_connections", s.gateway_max_connections.as_ref(), 10_000usize)?,
+            replica,
+        })
+    };
     Ok(GatewayConfig {
         addr: addr("gateway_addr", s.gateway_addr.clone(), "0.0.0.0:8000")?,
         routes,
@@ -663,24 +766,9 @@ fn gateway_config(s: &Settings) -> Result<GatewayConfig, ConfigError> {
             duration("gateway_idle_timeout", s.gateway_idle_timeout.clone(), "60s")?,
         )?,
         trusted_hops,
-        cors_origins: s
-            .gateway_cors_origins
-            .as_deref()
-            .unwrap_or("")
-            .split(',')
-            .map(str::trim)
-            .filter(|o| !o.is_empty())
-            .map(String::from)
-            .collect(),
-        descriptors: s
-            .gateway_descriptors
-            .as_deref()
-            .unwrap_or("")
-            .split(',')
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-            .map(PathBuf::from)
-            .collect(),
+        descriptors: list(s.gateway_descriptors.as_deref()).into_iter().map(PathBuf::from).collect(),
+        cors_origins,
+        ws,
     })
 }
 
@@ -786,6 +874,33 @@ mod tests {
                     ..base()
                 },
                 "gateway_tls_key",
+            ),
+            (
+                Settings {
+                    mode: Some("gateway".into()),
+                    routes: Some("r.toml".into()),
+                    gateway_ws_path: Some("ws".into()),
+                    ..base()
+                },
+                "gateway_ws_path",
+            ),
+            (
+                Settings {
+                    mode: Some("gateway".into()),
+                    routes: Some("r.toml".into()),
+                    gateway_ws_max_message: Some("64".into()),
+                    ..base()
+                },
+                "gateway_ws_max_message",
+            ),
+            (
+                Settings {
+                    mode: Some("gateway".into()),
+                    routes: Some("r.toml".into()),
+                    gateway_ws_replica: Some("a b".into()),
+                    ..base()
+                },
+                "gateway_ws_replica",
             ),
         ];
         for (s, key) in cases {

@@ -12,10 +12,13 @@
 //! policy document on control's policy stream, or from a local routes file
 //! ([`routes_file`]); either way a whole [`route::RouteTable`] is swapped
 //! in on change.
+//! A WebSocket upgrade on the hub path (`/ws`) is served by the gateway
+//! itself instead: [`hub`] (topics of control's event bus).
 
 pub mod cors;
 pub mod forward;
 pub mod grpc_web;
+pub mod hub;
 pub mod listener;
 pub mod metrics;
 pub mod route;

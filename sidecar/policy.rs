@@ -35,7 +35,7 @@ use http::{HeaderName, HeaderValue, Uri};
 use tokio::sync::watch;
 use tonic::transport::Endpoint as GrpcEndpoint;
 
-use crate::control::policy::model::PolicyDoc;
+use crate::control::policy::model::{PolicyDoc, TopicRule};
 use crate::proto::policy::v1 as pb;
 use crate::proto::policy::v1::policy_client::PolicyClient;
 use crate::sidecar::errors::ProxyError;
@@ -133,6 +133,8 @@ pub struct Compiled {
     limiter: Option<RateLimiter>,
     /// Gateway routes from the document's `[[route]]` (empty elsewhere).
     pub routes: Arc<RouteTable>,
+    /// WebSocket hub topic rules (gateway).
+    topics: Vec<TopicRule>,
 }
 
 impl Compiled {
@@ -147,6 +149,7 @@ impl Compiled {
             rate_limits: Vec::new(),
             limiter: None,
             routes: Arc::default(),
+            topics: Vec::new(),
         }
     }
 
@@ -161,6 +164,7 @@ impl Compiled {
             rate_limits: doc.rate_limits.clone(),
             limiter: None,
             routes: Arc::new(routes_file::from_tables(&doc.route, version, &format!("control policy v{version}"))?),
+            topics: doc.topics.clone(),
         })
     }
 
@@ -188,6 +192,22 @@ impl Compiled {
     /// The JWT part, if any.
     pub fn jwt(&self) -> Option<&JwtAuth> {
         self.jwt.as_ref()
+    }
+
+    /// The WebSocket hub's topic rules.
+    pub fn topics(&self) -> &[TopicRule] {
+        &self.topics
+    }
+
+    /// A verified user's roles: from the roles claim (`rbac.roles_claim`,
+    /// else `roles`) plus those kept in Redis when configured.
+    pub async fn user_roles(&self, claims: &serde_json::Map<String, serde_json::Value>) -> Vec<String> {
+        let claim = self.rbac.as_ref().map(|r| r.roles_claim.as_str()).unwrap_or("roles");
+        let mut roles: Vec<String> = jwt::roles(claims, claim).into_iter().map(String::from).collect();
+        if let (Some(lookup), Some(sub)) = (&self.roles, claims.get("sub").and_then(|s| s.as_str())) {
+            roles.extend(lookup.roles(sub).await.iter().cloned());
+        }
+        roles
     }
 
     /// Decides on one request: `parts` as received, `peer` the caller's

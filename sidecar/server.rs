@@ -27,6 +27,7 @@ use crate::proto::registry::v1::registry_client::RegistryClient;
 use crate::sidecar::admin::{self, Admin};
 use crate::sidecar::config::{Config, Mode};
 use crate::sidecar::discovery::Discovery;
+use crate::sidecar::gateway::hub::{Hub, metrics::HubMetrics};
 use crate::sidecar::gateway::{self, cors::Cors, forward::Gateway, metrics::GatewayMetrics};
 use crate::sidecar::health::{self, AppHealth};
 use crate::sidecar::identity::{self, CredentialsRx, IdentityConfig};
@@ -155,6 +156,8 @@ impl Sidecar {
         }
         let mut metrics = Metrics::default();
         let gateway_metrics = config.gateway.is_some().then(|| GatewayMetrics::register(metrics.registry_mut()));
+        let hub_metrics =
+            config.gateway.as_ref().and_then(|g| g.ws.as_ref()).map(|_| HubMetrics::register(metrics.registry_mut()));
         let limits = policy::Limits {
             redis: match &config.ratelimit_redis_url {
                 Some(url) => {
@@ -235,6 +238,23 @@ impl Sidecar {
                 None => gateway::Routes::Policy(policy.clone()),
             };
             gateway_routes = Some(routes.clone());
+            let hub = match (&g.ws, hub_metrics) {
+                (Some(ws), Some(m)) => {
+                    let replica = ws.replica.clone().unwrap_or_else(|| config.instance_id.clone());
+                    let hub = Hub::new(
+                        ws.clone(),
+                        &config.control_addr,
+                        &replica,
+                        &config.service,
+                        policy.clone(),
+                        m,
+                        drain.clone(),
+                    )
+                    .map_err(SidecarError::Start)?;
+                    Some(Arc::new(hub))
+                }
+                _ => None,
+            };
             let gw = Arc::new(Gateway {
                 routes,
                 outbound: outbound.clone(),
@@ -244,6 +264,7 @@ impl Sidecar {
                 trusted_hops: g.trusted_hops,
                 max_headers: g.max_headers,
                 transcode,
+                hub,
             });
             servers.spawn(gateway::listener::serve(l, gw, g, tls, drain.clone()));
         }

@@ -39,6 +39,59 @@ pub struct PolicyDoc {
     /// `crate::sidecar::gateway::routes_file::from_tables`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub route: Vec<toml::Table>,
+    /// Gateway WebSocket hub: which roles may subscribe and publish to
+    /// which event topics (no rule matching a topic: nobody may).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topics: Vec<TopicRule>,
+}
+
+/// One `[[topics]]` rule of the WebSocket hub. The first rule whose `name`
+/// matches a topic decides; a role `*` is any authenticated user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicRule {
+    /// A topic (`trading_signals`), a prefix pattern (`orders.*`: `orders.`
+    /// and below) or `*`.
+    pub name: TopicPattern,
+    /// Roles that may subscribe.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subscribe: Vec<String>,
+    /// Roles that may publish.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publish: Vec<String>,
+}
+
+/// A topic name pattern: exact, `prefix.*` or `*`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TopicPattern(pub String);
+
+impl TopicPattern {
+    /// True when `topic` matches.
+    pub fn matches(&self, topic: &str) -> bool {
+        match self.0.strip_suffix('*') {
+            Some(prefix) => prefix.is_empty() || (topic.len() > prefix.len() && topic.starts_with(prefix)),
+            None => self.0 == topic,
+        }
+    }
+}
+
+impl TryFrom<String> for TopicPattern {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let head = s.strip_suffix(".*").unwrap_or(&s);
+        if s == "*" || crate::control::events::model::validate_name("topic", head).is_ok() {
+            Ok(TopicPattern(s))
+        } else {
+            Err(format!("{s:?} is not a topic, a pattern like orders.* or *"))
+        }
+    }
+}
+
+impl From<TopicPattern> for String {
+    fn from(p: TopicPattern) -> String {
+        p.0
+    }
 }
 
 /// Allow or deny.
@@ -606,6 +659,9 @@ pub fn parse_toml(text: &str, origin: &str, service: &str) -> Result<PolicyDoc, 
         }
         _ => doc.service = Some(service.to_string()),
     }
+    if !doc.topics.is_empty() && doc.jwt.is_none() {
+        return Err(fail("topics", "topics need a [jwt] section: roles come from the verified token".into()));
+    }
     if doc.rbac.is_some() && doc.jwt.is_none() {
         return Err(fail("rbac", "rbac needs a [jwt] section: roles come from the verified token".into()));
     }
@@ -782,12 +838,29 @@ window = "60s"
     }
 
     #[test]
+    fn topic_rules_parse_match_and_need_jwt() {
+        let jwt = "[[jwt.issuers]]\nissuer = \"i\"\naudiences = [\"a\"]\nalgorithms = [\"HS256\"]\nkeys = [{ secret = \"0123456789abcdef0123456789abcdef\" }]\n";
+        let doc = ok(&format!(
+            "{jwt}[[topics]]\nname = \"trading_signals\"\nsubscribe = [\"trader\", \"viewer\"]\npublish = [\"trader\"]\n[[topics]]\nname = \"orders.*\"\nsubscribe = [\"*\"]\n"
+        ));
+        assert_eq!(doc.topics.len(), 2);
+        let p = &doc.topics[1].name;
+        assert!(p.matches("orders.eu") && !p.matches("orders.") && !p.matches("orders") && !p.matches("ordersx"));
+        assert!(TopicPattern("*".into()).matches("anything"));
+        assert!(doc.topics[0].name.matches("trading_signals") && !doc.topics[0].name.matches("trading"));
+        let e = bad(&format!("{jwt}[[topics]]\nname = \"a b\"\n"));
+        assert_eq!(e.field.as_deref(), Some("topics.name"), "{e}");
+        let e = bad("[[topics]]\nname = \"t\"\n");
+        assert_eq!(e.field.as_deref(), Some("topics"), "{e}");
+    }
+
+    #[test]
     fn the_sample_in_deploy_is_valid() {
         let doc = ok(include_str!("../../deploy/policies/orders.toml"));
         assert_eq!(doc.rbac.unwrap().rules.len(), 2);
         let gateway =
             parse_toml(include_str!("../../deploy/policies/gateway.toml"), "gateway.toml", "gateway").unwrap();
-        assert_eq!((gateway.route.len(), gateway.rate_limits.len()), (4, 1));
+        assert_eq!((gateway.route.len(), gateway.rate_limits.len(), gateway.topics.len()), (4, 1, 2));
     }
 
     #[test]

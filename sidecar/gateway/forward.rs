@@ -1,6 +1,7 @@
 //! One gateway request, in order: CORS preflight → header count → path
 //! normalised (`%2e%2e`, `//`, `..` resolved: the path routed, authorised
-//! and forwarded is one path) → route lookup (unknown → 404 with a JSON
+//! and forwarded is one path) → the WebSocket hub (an upgrade on the hub
+//! path goes to [`Hub::accept`]) → route lookup (unknown → 404 with a JSON
 //! body) → `X-Request-Id`, client IP (through `trusted_hops` proxies),
 //! `X-Forwarded-For`, `Forwarded` → the gateway's policy on the client's
 //! path ([`Policy::enforce_on_route`]: JWT, RBAC, verified claims as user
@@ -27,6 +28,7 @@ use crate::sidecar::errors::ProxyError;
 use crate::sidecar::gateway::Routes;
 use crate::sidecar::gateway::cors::Cors;
 use crate::sidecar::gateway::grpc_web;
+use crate::sidecar::gateway::hub::Hub;
 use crate::sidecar::gateway::metrics::{self, GatewayMetrics};
 use crate::sidecar::gateway::transcode::{self, table::Table};
 use crate::sidecar::outbound::proxy::{Outbound, Target};
@@ -58,6 +60,8 @@ pub struct Gateway {
     pub max_headers: usize,
     /// HTTP/JSON → gRPC bindings (`gateway_descriptors`), when configured.
     pub transcode: Option<Arc<ArcSwap<Table>>>,
+    /// The WebSocket topic hub (`None`: off; upgrades pass through to routes).
+    pub hub: Option<Arc<Hub>>,
 }
 
 /// Facts about the client connection.
@@ -99,6 +103,12 @@ impl Gateway {
                 id
             }
         };
+        if let Some(hub) = self.hub.as_ref().filter(|h| h.wants(&req)) {
+            let mut r = hub.accept(req, &request_id).await;
+            r.headers_mut().insert(REQUEST_ID, request_id);
+            self.metrics.observe("ws-hub", r.status(), started.elapsed());
+            return r;
+        }
         let host = host_of(&req);
         let table = self.routes.synced().await;
         let Some(matched) = table.find(host.as_deref(), req.method(), req.uri().path(), req.headers()) else {
