@@ -19,7 +19,8 @@
 #            charged, both on the server CPU)
 #   gw_nojwt the same with a policy of routes only (what JWT + RBAC cost)
 # Per target: requests/s (median of rounds, order shuffled per round), p50/p99 latency from wrk
-# --latency (closed loop, BENCH_CONNS connections), non-2xx responses, and a check that the
+# --latency (closed loop, BENCH_CONNS connections), the proxies' CPU time per request (utime +
+# stime from /proc), non-2xx responses, and a check that the
 # backend's request counter grew by what wrk reports (else the row says INVALID).
 # Every target gets the same request, with the same `Authorization: Bearer` RS256 token (verified
 # tokens are cached by the gateway, as a keep-alive client reusing its token would see).
@@ -203,17 +204,32 @@ wait_for "a 200 through nginx" is200 "http://127.0.0.1:$NG/"
 # ---- load -------------------------------------------------------------------------------------
 declare -A PORT=([direct]=$BACKEND_PORT [nginx]=$NG [gateway]=$GW [gw_nojwt]=$GP)
 TARGETS="direct nginx gateway gw_nojwt"
+declare -A PIDS CPU
+PIDS=([nginx]=$NGINX_PID [gateway]="$GW_PID $ECHO_PID" [gw_nojwt]="$GP_PID $ECHO_PID")
 declare -A RPS P50 P99 BAD
 # wrk prints latencies as 655.00us, 7.02ms or 1.20s: microseconds, so medians compare numbers.
 to_us() { awk '{ v = $1 + 0; if ($1 ~ /us$/) print v; else if ($1 ~ /ms$/) print v * 1000; else print v * 1000000 }'; }
+# CPU time (utime + stime, clock ticks) of a process and its children's threads: nginx's worker is
+# a child of the master we started.
+ticks() {
+  local p sum=0
+  for p in "$@" $(for q in "$@"; do cat "/proc/$q/task/$q/children" 2>/dev/null; done); do
+    sum=$((sum + $(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12 + $13}' || echo 0)))
+  done
+  echo "$sum"
+}
+HZ=$(getconf CLK_TCK)
 run() {   # run TARGET ROUND
-  local t=$1 out c0 c1 n
+  local t=$1 out c0 c1 n t0 t1
   c0=$(count)
+  t0=$(ticks ${PIDS[$t]:-})
   out=$(taskset -c 0 wrk -t1 -c"$CONNS" -d"${SECS}s" --latency -H "Authorization: Bearer $TOKEN" \
     "http://127.0.0.1:${PORT[$t]}/" 2>&1)
   echo "$out" >"$WORK/wrk-$t-$2.txt"
   c1=$(count)
+  t1=$(ticks ${PIDS[$t]:-})
   n=$(awk '/requests in/ {print $1}' <<<"$out")
+  CPU[$t]+="$(awk -v d=$((t1 - t0)) -v n="$n" -v hz="$HZ" 'BEGIN { printf "%.1f", n ? d * 1e6 / hz / n : 0 }') "
   RPS[$t]+="$(awk '/^Requests\/sec/ {print $2}' <<<"$out") "
   P50[$t]+="$(awk '$1 == "50%" {print $2}' <<<"$out" | to_us) "
   P99[$t]+="$(awk '$1 == "99%" {print $2}' <<<"$out" | to_us) "
@@ -232,7 +248,7 @@ done
 median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 echo
 echo "HTTP/1.1 keep-alive, wrk -t1 -c$CONNS, ${SECS}s x $ROUNDS rounds (medians); servers on CPU $CPU, one worker each"
-printf '%-8s %10s %10s %10s %12s %s\n' target rps p50_us p99_us rss_MB check
+printf '%-8s %10s %10s %10s %14s %12s %s\n' target rps p50_us p99_us proxy_cpu_us rss_MB check
 for t in $TARGETS; do
   case $t in
     nginx) rss=$(( $(rss_kb "$NGINX_PID") )) ;;
@@ -240,7 +256,10 @@ for t in $TARGETS; do
     gw_nojwt) rss=$(( $(rss_kb "$GP_PID") + $(rss_kb "$ECHO_PID") )) ;;
     *) rss=0 ;;
   esac
-  printf '%-8s %10s %10s %10s %12s %s\n' "$t" "$(median <<<"${RPS[$t]}")" "$(median <<<"${P50[$t]}")" \
-    "$(median <<<"${P99[$t]}")" "$(awk -v k="$rss" 'BEGIN { printf (k ? "%.1f" : "-"), k / 1024 }')" "${BAD[$t]:-ok}"
+  cpu=$(median <<<"${CPU[$t]:-}")
+  printf '%-8s %10s %10s %10s %14s %12s %s\n' "$t" "$(median <<<"${RPS[$t]}")" "$(median <<<"${P50[$t]}")" \
+    "$(median <<<"${P99[$t]}")" "$( [ "$t" = direct ] && echo - || echo "${cpu:--}")" \
+    "$(awk -v k="$rss" 'BEGIN { printf (k ? "%.1f" : "-"), k / 1024 }')" "${BAD[$t]:-ok}"
 done
-echo "(gateway = gateway + the echo service's sidecar, two proxies; nginx = one proxy; rss of the proxies)"
+echo "(gateway = gateway + the echo service's sidecar, two proxies; nginx = one proxy; proxy_cpu_us = CPU"
+echo " time of those proxies per request, utime + stime; rss of the proxies)"
