@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
-use tonic::transport::Endpoint as GrpcEndpoint;
 
 use crate::control::identity::ca::spiffe_id;
 use crate::control::registry::model::{Health, Instance};
@@ -122,13 +121,7 @@ impl Discovery {
     /// Starts watching control at `config.control_addr`, balancing each
     /// service as `config` says.
     pub fn spawn(config: &Config) -> Result<(Arc<Discovery>, tokio::task::JoinHandle<()>), String> {
-        let channel = GrpcEndpoint::from_shared(config.control_addr.clone())
-            .map_err(|e| format!("control_addr: {e}"))?
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .connect_lazy();
+        let channel = crate::sidecar::control_channel(&config.control_addr)?;
         let (synced_tx, synced) = watch::channel(false);
         let (connected_tx, connected) = watch::channel(false);
         let d = Arc::new(Discovery {

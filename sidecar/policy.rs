@@ -33,7 +33,6 @@ use arc_swap::ArcSwap;
 use http::request::Parts;
 use http::{HeaderName, HeaderValue, Uri};
 use tokio::sync::watch;
-use tonic::transport::Endpoint as GrpcEndpoint;
 
 use crate::control::policy::model::{PolicyDoc, TopicRule};
 use crate::proto::policy::v1 as pb;
@@ -316,12 +315,7 @@ impl Policy {
         metrics: Arc<Metrics>,
         limits: Limits,
     ) -> Result<(Arc<Policy>, tokio::task::JoinHandle<()>), String> {
-        let channel = GrpcEndpoint::from_shared(control.to_string())
-            .map_err(|e| format!("control_addr: {e}"))?
-            .connect_timeout(Duration::from_secs(2))
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .connect_lazy();
+        let channel = crate::sidecar::control_channel(control)?;
         let (synced_tx, synced) = watch::channel(false);
         let p = Arc::new(Policy {
             service: service.into(),

@@ -86,13 +86,7 @@ impl Bus {
     /// A bus client of control at `control` (connected lazily); events
     /// published through it carry `source`.
     pub fn new(control: &str, replica: &str, source: &str, metrics: HubMetrics) -> Result<Bus, String> {
-        let channel = Channel::from_shared(control.to_string())
-            .map_err(|e| format!("control_addr: {e}"))?
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .connect_lazy();
+        let channel = crate::sidecar::control_channel(control)?;
         Ok(Bus {
             client: EventsClient::new(channel),
             group: format!("gateway-hub.{replica}"),
