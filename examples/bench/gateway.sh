@@ -13,6 +13,8 @@
 # PEERS_SERVER_CPUS with one worker, the load (wrk, -t1) on CPU 0:
 #   direct   the backend itself (HTTP/1.1)
 #   nginx    nginx 1.22 one hop: HTTP/1.1 -> HTTP/1.1 keep-alive -> backend
+#   nginx_pair the gateway's topology with nginx: nginx -> HTTP/1.1 over mTLS (TLS 1.3, the rig's
+#            PKI, keep-alive) -> nginx -> HTTP/1.1 keep-alive -> backend
 #   gateway  redfire-sidecar --mode gateway with JWT (RS256) + RBAC on -> HTTP/2 over mTLS ->
 #            redfire-sidecar (echo) -> HTTP/1.1 -> backend: two proxies, the path every request
 #            through the gateway takes (the gateway's CPU and the service sidecar's are both
@@ -166,46 +168,76 @@ wait_for "a 200 through gateway-plain" auth200 "http://127.0.0.1:$GP/"
 [ "$(code "http://127.0.0.1:$GW/")" = 401 ] || die "the gateway lets a request without a token through"
 
 # ---- nginx, HTTP/1.1 plain reverse proxy ------------------------------------------------------
-mkdir -p "$WORK/nginx"
-cat >"$WORK/nginx/nginx.conf" <<EOF
+# nginx_conf DIR LISTEN UPSTREAM_PORT [SERVER_TLS] [UPSTREAM_TLS]: one worker, HTTP/1.1 in, HTTP/1.1
+# keep-alive upstream pool. SERVER_TLS=1: the listener requires mTLS (TLS 1.3, client certificate
+# from the rig's CA); UPSTREAM_TLS=1: the upstream is reached over mTLS (the outbound certificate,
+# the inbound's name verified), connections and sessions reused.
+nginx_conf() {
+  local dir=$1 listen=$2 up=$3 server_tls=${4:-0} upstream_tls=${5:-0} scheme=http tls_in="" tls_out=""
+  mkdir -p "$dir"
+  if [ "$server_tls" = 1 ]; then
+    listen="$listen ssl"
+    tls_in="ssl_protocols TLSv1.3; ssl_certificate $PKI/inbound.crt; ssl_certificate_key $PKI/inbound.key;
+    ssl_client_certificate $PKI/ca.crt; ssl_verify_client on;"
+  fi
+  if [ "$upstream_tls" = 1 ]; then
+    scheme=https
+    tls_out="proxy_ssl_protocols TLSv1.3; proxy_ssl_certificate $PKI/outbound.crt;
+      proxy_ssl_certificate_key $PKI/outbound.key; proxy_ssl_trusted_certificate $PKI/ca.crt;
+      proxy_ssl_verify on; proxy_ssl_name inbound.local; proxy_ssl_session_reuse on;"
+  fi
+  cat >"$dir/nginx.conf" <<EOF
 worker_processes 1;
 daemon off;
-pid $WORK/nginx/nginx.pid;
+pid $dir/nginx.pid;
 error_log stderr warn;
 events { worker_connections 8192; }
 http {
   access_log off;
-  client_body_temp_path $WORK/nginx/body;
-  proxy_temp_path $WORK/nginx/proxy;
-  fastcgi_temp_path $WORK/nginx/fastcgi;
-  uwsgi_temp_path $WORK/nginx/uwsgi;
-  scgi_temp_path $WORK/nginx/scgi;
+  client_body_temp_path $dir/body;
+  proxy_temp_path $dir/proxy;
+  fastcgi_temp_path $dir/fastcgi;
+  uwsgi_temp_path $dir/uwsgi;
+  scgi_temp_path $dir/scgi;
   keepalive_requests 1000000;
   upstream backend {
-    server 127.0.0.1:$BACKEND_PORT;
+    server 127.0.0.1:$up;
     keepalive 1024;
     keepalive_requests 1000000;
     keepalive_timeout 300s;
   }
   server {
-    listen 127.0.0.1:$NG;
+    listen 127.0.0.1:$listen;
+    $tls_in
     location / {
-      proxy_pass http://backend;
+      proxy_pass $scheme://backend;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
+      $tls_out
     }
   }
 }
 EOF
+}
+nginx_conf "$WORK/nginx" "$NG" "$BACKEND_PORT"
 spawn "$WORK/nginx.log" taskset -c "$CPU" nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf"
 NGINX_PID=$PID
 wait_for "a 200 through nginx" is200 "http://127.0.0.1:$NG/"
+# The same topology as the gateway's: two proxies, mTLS between them.
+NPI=$(free_port); NPO=$(free_port)
+nginx_conf "$WORK/nginx-in" "$NPI" "$BACKEND_PORT" 1 0
+nginx_conf "$WORK/nginx-out" "$NPO" "$NPI" 0 1
+spawn "$WORK/nginx-in.log" taskset -c "$CPU" nginx -p "$WORK/nginx-in" -c "$WORK/nginx-in/nginx.conf"
+NGINX_IN_PID=$PID
+spawn "$WORK/nginx-out.log" taskset -c "$CPU" nginx -p "$WORK/nginx-out" -c "$WORK/nginx-out/nginx.conf"
+NGINX_OUT_PID=$PID
+wait_for "a 200 through the nginx pair" is200 "http://127.0.0.1:$NPO/"
 
 # ---- load -------------------------------------------------------------------------------------
-declare -A PORT=([direct]=$BACKEND_PORT [nginx]=$NG [gateway]=$GW [gw_nojwt]=$GP)
-TARGETS="direct nginx gateway gw_nojwt"
+declare -A PORT=([direct]=$BACKEND_PORT [nginx]=$NG [nginx_pair]=$NPO [gateway]=$GW [gw_nojwt]=$GP)
+TARGETS="direct nginx nginx_pair gateway gw_nojwt"
 declare -A PIDS CPU
-PIDS=([nginx]=$NGINX_PID [gateway]="$GW_PID $ECHO_PID" [gw_nojwt]="$GP_PID $ECHO_PID")
+PIDS=([nginx]=$NGINX_PID [nginx_pair]="$NGINX_IN_PID $NGINX_OUT_PID" [gateway]="$GW_PID $ECHO_PID" [gw_nojwt]="$GP_PID $ECHO_PID")
 declare -A RPS P50 P99 BAD
 # wrk prints latencies as 655.00us, 7.02ms or 1.20s: microseconds, so medians compare numbers.
 to_us() { awk '{ v = $1 + 0; if ($1 ~ /us$/) print v; else if ($1 ~ /ms$/) print v * 1000; else print v * 1000000 }'; }
@@ -248,18 +280,25 @@ done
 median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 echo
 echo "HTTP/1.1 keep-alive, wrk -t1 -c$CONNS, ${SECS}s x $ROUNDS rounds (medians); servers on CPU $CPU, one worker each"
-printf '%-8s %10s %10s %10s %14s %12s %s\n' target rps p50_us p99_us proxy_cpu_us rss_MB check
+# RSS of a process and its children (nginx's worker is a child of the master we started).
+rss_tree() {
+  local p sum=0
+  for p in "$1" $(cat "/proc/$1/task/$1/children" 2>/dev/null); do sum=$((sum + $(rss_kb "$p"))); done
+  echo "$sum"
+}
+printf '%-10s %10s %10s %10s %14s %12s %s\n' target rps p50_us p99_us proxy_cpu_us rss_MB check
 for t in $TARGETS; do
   case $t in
-    nginx) rss=$(( $(rss_kb "$NGINX_PID") )) ;;
+    nginx) rss=$(rss_tree "$NGINX_PID") ;;
+    nginx_pair) rss=$(( $(rss_tree "$NGINX_IN_PID") + $(rss_tree "$NGINX_OUT_PID") )) ;;
     gateway) rss=$(( $(rss_kb "$GW_PID") + $(rss_kb "$ECHO_PID") )) ;;
     gw_nojwt) rss=$(( $(rss_kb "$GP_PID") + $(rss_kb "$ECHO_PID") )) ;;
     *) rss=0 ;;
   esac
   cpu=$(median <<<"${CPU[$t]:-}")
-  printf '%-8s %10s %10s %10s %14s %12s %s\n' "$t" "$(median <<<"${RPS[$t]}")" "$(median <<<"${P50[$t]}")" \
+  printf '%-10s %10s %10s %10s %14s %12s %s\n' "$t" "$(median <<<"${RPS[$t]}")" "$(median <<<"${P50[$t]}")" \
     "$(median <<<"${P99[$t]}")" "$( [ "$t" = direct ] && echo - || echo "${cpu:--}")" \
     "$(awk -v k="$rss" 'BEGIN { printf (k ? "%.1f" : "-"), k / 1024 }')" "${BAD[$t]:-ok}"
 done
-echo "(gateway = gateway + the echo service's sidecar, two proxies; nginx = one proxy; proxy_cpu_us = CPU"
-echo " time of those proxies per request, utime + stime; rss of the proxies)"
+echo "(gateway = gateway + the echo service's sidecar, two proxies; nginx = one proxy; nginx_pair = two;"
+echo " proxy_cpu_us = CPU time of those proxies per request, utime + stime; rss of the proxies)"
