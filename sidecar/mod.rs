@@ -47,6 +47,15 @@ pub fn control_channel(addr: &str) -> Result<tonic::transport::Channel, String> 
         .connect_lazy())
 }
 
+/// True for gRPC and gRPC-Web requests and responses
+/// (`content-type: application/grpc[-web][+proto|...]`).
+pub fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"))
+}
+
 /// Boxed error of streamed bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

@@ -45,13 +45,18 @@ const QUEUE: usize = 8;
 /// The protocol an HTTP/1.1 request asks to upgrade to, if it asks
 /// (`Upgrade: x` and a `Connection` header naming `upgrade`).
 pub fn requested(headers: &HeaderMap) -> Option<HeaderValue> {
-    let connection_upgrade = headers
-        .get_all(header::CONNECTION)
+    has_token(headers, header::CONNECTION, "upgrade").then(|| headers.get(header::UPGRADE).cloned()).flatten()
+}
+
+/// True when the comma-separated header `name` lists `token` (ASCII
+/// case-insensitive), as `Connection: keep-alive, Upgrade` does `upgrade`.
+pub fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    connection_upgrade.then(|| headers.get(header::UPGRADE).cloned()).flatten()
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 /// A body fed by the returned sender: the HTTP/2 half of a tunnel.

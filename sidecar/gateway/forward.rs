@@ -133,7 +133,7 @@ impl Gateway {
                 Refused::Policy(_) => self.metrics.auth_failures.get_or_create(&label).inc(),
                 Refused::Limited(_) => self.metrics.limited.get_or_create(&label).inc(),
             };
-            let grpc = web.is_some() || crate::sidecar::ratelimit::is_grpc(&parts.headers);
+            let grpc = crate::sidecar::is_grpc(&parts.headers);
             let mut r = match refused {
                 Refused::Policy(e) if !grpc => policy_error(&e, &request_id),
                 refused => refused.respond(grpc),
@@ -171,7 +171,8 @@ impl Gateway {
                 let resp = self.outbound.handle_with(Some(&route.service), req, &target).await;
                 grpc_web::from_grpc(resp, flavour, &suffix)
             }
-            None if route.transcode && !transcode::is_grpc(req.headers()) => match &self.transcode {
+            // gRPC and gRPC-Web are never transcoded.
+            None if route.transcode && !crate::sidecar::is_grpc(req.headers()) => match &self.transcode {
                 Some(table) => {
                     let table = table.load_full();
                     let req = req.map(|b| b.map_err(Into::into).boxed_unsync());

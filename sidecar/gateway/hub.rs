@@ -28,7 +28,6 @@ pub mod protocol;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
@@ -42,7 +41,8 @@ use crate::control::shutdown::Drain;
 use crate::sidecar::Body;
 use crate::sidecar::config::HubConfig;
 use crate::sidecar::gateway::forward::json_error;
-use crate::sidecar::policy::{FIRST_SYNC_WAIT, Policy};
+use crate::sidecar::policy::Policy;
+use crate::sidecar::upgrade::has_token;
 use bus::Bus;
 use metrics::HubMetrics;
 
@@ -167,12 +167,8 @@ impl Hub {
         {
             return refuse(StatusCode::FORBIDDEN, "origin", "this Origin may not open the hub");
         }
-        let started = Instant::now();
-        while !self.policy.synced() {
-            if started.elapsed() >= FIRST_SYNC_WAIT {
-                return refuse(StatusCode::SERVICE_UNAVAILABLE, "no_policy", "the gateway has no policy yet");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        if !self.policy.wait_synced().await {
+            return refuse(StatusCode::SERVICE_UNAVAILABLE, "no_policy", "the gateway has no policy yet");
         }
         let policy = self.policy.current();
         let Some(jwt) = policy.jwt() else {
@@ -261,15 +257,6 @@ impl Hub {
         self.metrics.connections.inc();
         Ok(UserSlot { hub: self.clone(), sub: sub.to_string() })
     }
-}
-
-/// True when a comma-separated header has `token` (ASCII case-insensitive).
-fn has_token(h: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
-    h.get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 /// The subprotocols the client offered, in order.

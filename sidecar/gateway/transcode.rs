@@ -40,11 +40,6 @@ use table::Table;
 /// Largest request body and response message transcoded, in bytes.
 pub const MAX_BODY: usize = 4 << 20;
 
-/// Whether a request is gRPC or gRPC-Web (those are never transcoded).
-pub fn is_grpc(headers: &HeaderMap) -> bool {
-    headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| ct.starts_with("application/grpc"))
-}
-
 /// Loads the descriptor sets now (an error fails the start) and reloads
 /// them when one changes until the returned task is aborted. A bad edit is
 /// logged and the table in force stays.

@@ -29,7 +29,7 @@ use crate::sidecar::outbound::breaker::InFlight;
 use crate::sidecar::outbound::pool::Pool;
 use crate::sidecar::outbound::replay::{Replay, ReplayBody};
 use crate::sidecar::outbound::retry::{Backoff, Decision, Outcome, RetryPolicy, RetryRequest};
-use crate::sidecar::{trace, upgrade};
+use crate::sidecar::{is_grpc, trace, upgrade};
 
 /// Marks a request that entered the mesh as HTTP/1.1, so the inbound side
 /// hands it to the app as HTTP/1.1 again.
@@ -352,10 +352,6 @@ impl hyper::body::Body for Guarded {
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.inner.size_hint()
     }
-}
-
-fn is_grpc(headers: &HeaderMap) -> bool {
-    headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/grpc"))
 }
 
 /// The service named by `:authority` or `Host`, without a port.

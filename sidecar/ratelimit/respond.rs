@@ -21,13 +21,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use super::{Decision, Quota};
 use crate::sidecar::Body;
 
-/// True for gRPC requests (`content-type: application/grpc[+proto|...]`).
-pub fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/grpc"))
-}
+pub use crate::sidecar::is_grpc;
 
 fn secs(d: Duration) -> u64 {
     d.as_nanos().div_ceil(1_000_000_000) as u64
