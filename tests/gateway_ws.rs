@@ -34,9 +34,14 @@ type Ws = WebSocketStream<TcpStream>;
 const ROUTES: &str = "[[route]]\nname = \"echo\"\npath_prefix = \"/\"\nservice = \"echo\"\n";
 
 fn hub_policy() -> String {
+    hub_policy_with_leeway("30s")
+}
+
+fn hub_policy_with_leeway(leeway: &str) -> String {
     format!(
         r#"
 [jwt]
+leeway = "{leeway}"
 [[jwt.issuers]]
 issuer = "{ISSUER}"
 audiences = ["{AUDIENCE}"]
@@ -64,13 +69,13 @@ struct Hub {
 /// One control (memory store) with the hub policy for `gateway`, and
 /// `replicas` gateways.
 async fn hub(replicas: usize, extra: SidecarSettings) -> Hub {
-    hub_on(settings(), replicas, extra).await
+    hub_on(settings(), &hub_policy(), replicas, extra).await
 }
 
-async fn hub_on(control_settings: ControlSettings, replicas: usize, extra: SidecarSettings) -> Hub {
+async fn hub_on(control_settings: ControlSettings, policy: &str, replicas: usize, extra: SidecarSettings) -> Hub {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let control = control(control_settings.clone()).await;
-    let version = set_policy(control.grpc_addr, "gateway", &hub_policy()).await;
+    let version = set_policy(control.grpc_addr, "gateway", policy).await;
     let ca = Ca::load(Config::from_settings(control_settings).unwrap().ca).await.unwrap();
     let routes = TempFile::new("routes.toml", ROUTES);
     let mut gateways = Vec::new();
@@ -393,6 +398,28 @@ async fn a_silent_client_is_closed_after_the_pong_timeout_and_every_client_at_dr
     assert_eq!(close_code(&mut live).await, Some(CloseCode::Away), "draining closes with 1001");
 }
 
+#[tokio::test]
+async fn a_connection_is_closed_when_its_token_expires() {
+    let h = hub_on(settings(), &hub_policy_with_leeway("1s"), 1, SidecarSettings::default()).await;
+    let gw = &h.gateways[0];
+    let mut c = claims("judy", &["viewer"]);
+    c["exp"] = json!(now() + 2);
+    let mut short = open(addr(gw), &[("authorization", &bearer(&rs256(&c, Some("k1"), RSA_PRIVATE)))])
+        .await
+        .expect("a token valid for 2 more seconds opens the hub");
+    assert_eq!(subscribe(&mut short, "trading_signals").await["type"], "ack");
+    let mut long = open_as(addr(gw), "kate", &["viewer"]).await;
+    // exp + 1 s of leeway: at most 3 s away; close_code waits up to 10 s.
+    assert_eq!(close_code(&mut short).await, Some(CloseCode::Policy), "closed with 1008 at expiry");
+    assert_eq!(metric(gw, "redfire_sidecar_gateway_ws_closes_total{reason=\"token_expired\"}").await, 1.0);
+    // The connection with a valid token is served as before.
+    assert_eq!(subscribe(&mut long, "trading_signals").await["type"], "ack");
+    // An expired token is refused at the handshake.
+    c["exp"] = json!(now() - 60);
+    let stale = bearer(&rs256(&c, Some("k1"), RSA_PRIVATE));
+    assert_eq!(open(addr(gw), &[("authorization", &stale)]).await.err(), Some(401));
+}
+
 /// The next event carries `{"n": n}`.
 async fn expect_n(ws: &mut Ws, n: u32) {
     let ev = next_json(ws, Duration::from_secs(15)).await.expect("the event arrives");
@@ -406,7 +433,7 @@ async fn across_a_control_restart_on_redis_every_event_arrives_once() {
     let port = free_port();
     let on_port =
         |port: u16| ControlSettings { grpc_addr: Some(format!("127.0.0.1:{port}")), ..redis_settings(&url, &prefix) };
-    let h = hub_on(on_port(port), 1, SidecarSettings::default()).await;
+    let h = hub_on(on_port(port), &hub_policy(), 1, SidecarSettings::default()).await;
     let gw = &h.gateways[0];
     let mut ws = open_as(addr(gw), "judy", &["viewer"]).await;
     assert_eq!(subscribe(&mut ws, "trading_signals").await["type"], "ack");

@@ -14,6 +14,9 @@
 //! 4. the per-user (`sub`) connection limit (429) and the hub's total
 //!    (`gateway_max_connections`, 503).
 //!
+//! A connection lives no longer than its token: at `exp` (plus the policy's
+//! leeway) it is closed with 1008 "token expired".
+//!
 //! Then [`conn::run`] serves the connection; [`bus::Bus`] bridges topics to
 //! control's `redfire.events.v1` and fans events out. Subscribe and
 //! publish are authorized per topic by the policy's `[[topics]]` rules and
@@ -63,6 +66,10 @@ pub struct Session {
     pub sub: String,
     /// The user's roles at the handshake.
     pub roles: Vec<String>,
+    /// When the token stops being valid (`exp` + the policy's leeway): the
+    /// connection is closed then (1008 "token expired"); the client
+    /// reconnects with a fresh token.
+    pub expires: Option<tokio::time::Instant>,
 }
 
 /// See the module docs.
@@ -205,6 +212,9 @@ impl Hub {
             }
         };
         let roles = policy.user_roles(&claims).await;
+        let expires = jwt.expires_at(&claims).map(|at| {
+            tokio::time::Instant::now() + at.duration_since(std::time::SystemTime::now()).unwrap_or_default()
+        });
         let chosen = choose_protocol(&offered);
         let upgrade = hyper::upgrade::on(&mut req);
         let hub = self.clone();
@@ -220,7 +230,7 @@ impl Hub {
                 Ok(upgraded) => {
                     let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
                     let id = hub.next_id.fetch_add(1, Ordering::Relaxed);
-                    conn::run(hub.clone(), ws, Session { id, sub, roles }).await;
+                    conn::run(hub.clone(), ws, Session { id, sub, roles, expires }).await;
                 }
                 Err(e) => tracing::debug!(error = %e, "hub upgrade failed"),
             }

@@ -273,6 +273,13 @@ impl JwtAuth {
         Err(last)
     }
 
+    /// When a token with these verified claims stops being accepted
+    /// (`exp` + leeway), as a wall-clock time; `None` without an `exp`.
+    pub fn expires_at(&self, claims: &Map<String, Value>) -> Option<std::time::SystemTime> {
+        let exp = claims.get("exp").and_then(Value::as_u64)?;
+        std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(exp.saturating_add(self.leeway)))
+    }
+
     /// Headers for the app from verified `claims`.
     pub fn headers(&self, claims: &Map<String, Value>) -> Vec<(HeaderName, HeaderValue)> {
         let mut out = Vec::new();

@@ -22,10 +22,13 @@
 //! topic. Nothing waits on a client.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::{Notify, mpsc, watch};
+use futures::task::AtomicWaker;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_tungstenite::tungstenite::Message;
 use tonic::transport::Channel;
@@ -50,8 +53,39 @@ const UPSTREAM_IN_FLIGHT: u32 = 256;
 pub struct Outbox {
     /// Messages for the client (bounded).
     pub tx: mpsc::Sender<Message>,
-    /// Notified when the queue was full: the connection closes.
-    pub slow: Arc<Notify>,
+    /// Raised when the queue was full: the connection closes.
+    pub slow: Arc<Slow>,
+}
+
+/// A one-way flag the fan-out raises on a connection whose queue is full.
+/// Its connection polls it on every turn of its loop, so it is an atomic
+/// and a waker slot (no lock, unlike a `Notify` waiter list).
+#[derive(Debug, Default)]
+pub struct Slow {
+    raised: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Slow {
+    /// Marks the connection slow and wakes its task.
+    pub fn raise(&self) {
+        self.raised.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Ready once raised.
+    pub fn poll_raised(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.raised.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        if self.raised.load(Ordering::Acquire) { Poll::Ready(()) } else { Poll::Pending }
+    }
+
+    /// Resolves once raised.
+    pub async fn raised(&self) {
+        std::future::poll_fn(|cx| self.poll_raised(cx)).await
+    }
 }
 
 type Subscribers = Mutex<HashMap<u64, Outbox>>;
@@ -289,7 +323,7 @@ impl Upstream {
                 true
             }
             Err(mpsc::error::TrySendError::Full(_)) => {
-                o.slow.notify_one();
+                o.slow.raise();
                 false
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,

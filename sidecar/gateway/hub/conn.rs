@@ -7,7 +7,8 @@
 //! - 1008 "slow consumer" when the fan-out found the queue full, even while
 //!   a write is blocked on a client that stopped reading;
 //! - 1001 when nothing (no pong, no message) came back for a ping interval
-//!   plus the pong timeout, and when the gateway drains.
+//!   plus the pong timeout, and when the gateway drains;
+//! - 1008 "token expired" when the handshake's token expires.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use futures::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncReadExt;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
@@ -25,7 +26,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
-use super::bus::Outbox;
+use super::bus::{Outbox, Slow};
 use super::protocol::{self, Action, ClientMessage};
 use super::{Hub, Session};
 
@@ -49,23 +50,24 @@ enum End {
 /// Serves one connection until it ends.
 pub async fn run(hub: Arc<Hub>, mut ws: Ws, session: Session) {
     let (tx, mut rx) = mpsc::channel::<Message>(hub.config.queue);
-    let slow = Arc::new(Notify::new());
+    let slow = Arc::new(Slow::default());
     let outbox = Outbox { tx, slow: slow.clone() };
     let mut topics: HashSet<String> = HashSet::new();
     let interval = hub.config.ping_interval;
     let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
     let mut heard = Instant::now();
     let mut draining = hub.drain.subscribe();
-    // Made once, not per loop turn: registering a waiter costs a lock, and a
-    // fan-out wakes every connection.
-    let slow_now = slow.notified();
+    // Made once, not per loop turn: a fan-out wakes every connection.
+    let slow_now = slow.raised();
     let drain_now = started(&mut draining);
-    tokio::pin!(slow_now, drain_now);
+    let expired = expiry(session.expires);
+    tokio::pin!(slow_now, drain_now, expired);
     let end = loop {
         tokio::select! {
             biased;
             _ = &mut slow_now => break End::Close(CloseCode::Policy, "slow_consumer"),
             _ = &mut drain_now => break End::Close(CloseCode::Away, "shutdown"),
+            _ = &mut expired => break End::Close(CloseCode::Policy, "token_expired"),
             m = ws.next() => match m {
                 None | Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => break End::Client,
                 Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => break End::TooBig,
@@ -150,6 +152,14 @@ pub async fn run(hub: Arc<Hub>, mut ws: Ws, session: Session) {
             }
             close(&mut ws, code, reason.replace('_', " ")).await;
         }
+    }
+}
+
+/// Resolves at the token's expiry (never without one).
+async fn expiry(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
