@@ -230,6 +230,7 @@ impl Sidecar {
         ));
         let mut servers = JoinSet::new();
         let mut gateway_routes = None;
+        let mut hub_at_close: Option<Arc<Hub>> = None;
         if let (Some(l), Some((g, routes, tls, transcode)), Some(gateway_metrics)) =
             (gateway_l, gateway_data, gateway_metrics)
         {
@@ -251,7 +252,9 @@ impl Sidecar {
                         drain.clone(),
                     )
                     .map_err(SidecarError::Start)?;
-                    Some(Arc::new(hub))
+                    let hub = Arc::new(hub);
+                    hub_at_close = Some(hub.clone());
+                    Some(hub)
                 }
                 _ => None,
             };
@@ -298,6 +301,10 @@ impl Sidecar {
                 tracing::info!(?grace, "draining");
                 // Listeners stop accepting; connections already open finish.
                 let _ = tokio::time::timeout(grace, async { while servers.join_next().await.is_some() {} }).await;
+                if let Some(hub) = hub_at_close {
+                    // Its event-bus groups go with it (bounded).
+                    hub.bus.close().await;
+                }
                 finished_tx.send_replace(true);
                 let _ = tokio::time::timeout(Duration::from_secs(2), registration).await;
                 for t in [identity_task, discovery_task, tls_task, serving_task, policy_task]

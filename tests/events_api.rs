@@ -139,6 +139,10 @@ async fn each_bad_input_gets_its_own_status() {
     };
     assert_eq!(c.reset_group(reset("nobody", "0-0")).await.unwrap_err().code(), Code::NotFound);
     assert_eq!(c.reset_group(reset("g", "yesterday")).await.unwrap_err().code(), Code::InvalidArgument);
+    let delete = |topic: &str, group: &str| pb::DeleteGroupRequest { topic: topic.into(), group: group.into() };
+    assert_eq!(c.delete_group(delete("orders", "nobody")).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(c.delete_group(delete("nowhere", "g")).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(c.delete_group(delete("orders", "")).await.unwrap_err().code(), Code::InvalidArgument);
     let replay = pb::ReplayRequest {
         topic: "orders".into(),
         from: Some(pb::replay_request::From::AfterPosition("x".into())),

@@ -289,6 +289,34 @@ async fn retention_trims_only_what_every_group_has_acked(s: Arc<dyn EventStore>)
     assert_eq!(replay.iter().map(|e| e.position).collect::<Vec<_>>(), positions[3..].to_vec());
 }
 
+both!(a_deleted_group_no_longer_holds_retention_and_its_subscription_ends);
+async fn a_deleted_group_no_longer_holds_retention_and_its_subscription_ends(s: Arc<dyn EventStore>) {
+    s.create_topic("audit", Retention { max_len: 2, max_age: Duration::ZERO }).await.unwrap();
+    s.ensure_group("audit", "gone", StartFrom::Earliest).await.unwrap();
+    let positions = publish(&s, "audit", 5).await;
+    // Created at the end: it holds nothing.
+    s.ensure_group("audit", "kept", StartFrom::Latest).await.unwrap();
+    // "gone" holds one event unacked.
+    let mut gone = subscribe(&s, spec("audit", "gone", "g", 1)).await;
+    let held = next(&mut gone, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(held.position, positions[0]);
+    s.trim().await.unwrap();
+    assert_eq!(s.describe("audit").await.unwrap().length, 5, "the unacked event holds the topic");
+    s.delete_group("audit", "gone").await.unwrap();
+    let info = s.describe("audit").await.unwrap();
+    assert_eq!(info.groups.iter().map(|g| g.name.as_str()).collect::<Vec<_>>(), ["kept"]);
+    s.trim().await.unwrap();
+    let info = s.describe("audit").await.unwrap();
+    assert_eq!((info.length, info.first), (2, positions[3]), "trimmed to max_len once nothing holds it");
+    // The deleted group's subscription ends with NotFound at its next fetch.
+    gone.handle.ack("audit", held.position).await.ok();
+    let ended =
+        tokio::time::timeout(Duration::from_secs(5), gone.deliveries.recv()).await.expect("the subscription ends");
+    assert!(matches!(ended, None | Some(Err(EventError::NotFound(_)))), "{ended:?}");
+    assert!(matches!(s.delete_group("audit", "gone").await, Err(EventError::NotFound(_))));
+    assert!(matches!(s.delete_group("nowhere", "kept").await, Err(EventError::NotFound(_))));
+}
+
 both!(reset_group_replays_from_a_position_and_replay_touches_no_group);
 async fn reset_group_replays_from_a_position_and_replay_touches_no_group(s: Arc<dyn EventStore>) {
     let positions = publish(&s, "orders", 5).await;

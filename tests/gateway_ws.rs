@@ -394,8 +394,20 @@ async fn a_silent_client_is_closed_after_the_pong_timeout_and_every_client_at_dr
     let code = close_code(&mut silent).await;
     assert!(matches!(code, None | Some(CloseCode::Away)), "{code:?}");
     assert_eq!(metric(gw, "redfire_sidecar_gateway_ws_closes_total{reason=\"pong_timeout\"}").await, 1.0);
+    let events = pb::events_client::EventsClient::connect(format!("http://{}", h.control.grpc_addr)).await.unwrap();
+    let groups = || {
+        let mut events = events.clone();
+        async move {
+            let req = pb::DescribeTopicRequest { topic: "trading_signals".into() };
+            let info = events.describe_topic(req).await.unwrap().into_inner();
+            info.groups.into_iter().map(|g| g.name).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(groups().await, ["gateway-hub.gw-0"], "the hub's group while it runs");
     gw.shutdown();
     assert_eq!(close_code(&mut live).await, Some(CloseCode::Away), "draining closes with 1001");
+    // The drained replica deletes its group: nothing holds the topic's retention.
+    assert!(eventually(Duration::from_secs(10), || async { groups().await.is_empty() }).await, "the group is deleted");
 }
 
 #[tokio::test]

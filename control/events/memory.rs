@@ -397,6 +397,12 @@ impl EventStore for MemoryEventStore {
         Ok(())
     }
 
+    async fn delete_group(&self, topic: &str, group: &str) -> Result<(), EventError> {
+        let mut topics = self.lock();
+        let t = topics.get_mut(topic).ok_or_else(|| unknown_topic(topic))?;
+        t.groups.remove(group).map(|_| ()).ok_or_else(|| unknown_group(topic, group))
+    }
+
     async fn topics(&self) -> Result<Vec<String>, EventError> {
         let mut names: Vec<String> = self.lock().keys().cloned().collect();
         names.sort();

@@ -54,6 +54,7 @@ struct Scripts {
     append: Script,
     trim: Script,
     describe: Script,
+    delete_group: Script,
 }
 
 /// See the module docs.
@@ -99,6 +100,7 @@ impl RedisEventStore {
                 append: Script::new(include_str!("redis/append.lua")),
                 trim: Script::new(include_str!("redis/trim.lua")),
                 describe: Script::new(include_str!("redis/describe.lua")),
+                delete_group: Script::new(include_str!("redis/delete_group.lua")),
             },
             changes: Changes::default(),
             known: Mutex::new(HashSet::new()),
@@ -564,6 +566,18 @@ impl EventStore for RedisEventStore {
                 Err(EventError::NotFound(format!("unknown group {group:?} on topic {topic:?}")))
             }
             Err(e) => Err(e),
+        }
+    }
+
+    async fn delete_group(&self, topic: &str, group: &str) -> Result<(), EventError> {
+        let k = self.keys(topic);
+        let mut inv = self.scripts.delete_group.prepare_invoke();
+        inv.key(&k.stream).key(&k.why).arg(group);
+        let n: i64 = self.run(async |c| inv.invoke_async(c).await).await?;
+        match n {
+            1 => Ok(()),
+            -1 => Err(EventError::NotFound(format!("unknown topic {topic:?}"))),
+            _ => Err(EventError::NotFound(format!("unknown group {group:?} on topic {topic:?}"))),
         }
     }
 

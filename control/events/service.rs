@@ -490,4 +490,20 @@ impl Events for EventsService {
         .await;
         self.finish("ResetGroup", started, r).map(Response::new)
     }
+
+    async fn delete_group(
+        &self,
+        req: Request<pb::DeleteGroupRequest>,
+    ) -> Result<Response<pb::DeleteGroupResponse>, Status> {
+        let started = Instant::now();
+        let req = req.into_inner();
+        let r = async {
+            validate_name("topic", &req.topic)?;
+            validate_name("group", &req.group)?;
+            self.store.delete_group(&req.topic, &req.group).await?;
+            Ok(pb::DeleteGroupResponse {})
+        }
+        .await;
+        self.finish("DeleteGroup", started, r).map(Response::new)
+    }
 }

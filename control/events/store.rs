@@ -108,6 +108,10 @@ pub trait EventStore: Send + Sync + std::fmt::Debug + 'static {
     /// Moves `group`'s read position to `position` (`None` = the end).
     async fn reset_group(&self, topic: &str, group: &str, position: Option<Position>) -> Result<(), EventError>;
 
+    /// Deletes `group` (its read position and pending events): it no longer
+    /// holds `topic`'s retention. NotFound for an unknown topic or group.
+    async fn delete_group(&self, topic: &str, group: &str) -> Result<(), EventError>;
+
     /// Every topic's name (dead-letter topics included).
     async fn topics(&self) -> Result<Vec<String>, EventError>;
 

@@ -45,6 +45,8 @@ pub const OPEN_WAIT: Duration = Duration::from_secs(5);
 pub const MAX_TOPICS: usize = 1024;
 /// Positions remembered per topic to drop redeliveries.
 const SEEN: usize = 4096;
+/// How long deleting the groups at shutdown may take.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// Deliveries in flight per upstream stream.
 const UPSTREAM_IN_FLIGHT: u32 = 256;
 
@@ -129,6 +131,37 @@ impl Bus {
             topics: Mutex::new(HashMap::new()),
             metrics,
         })
+    }
+
+    /// Stops every upstream stream and deletes this replica's group on each
+    /// topic (at most [`CLOSE_WAIT`] for all). Called once the gateway has
+    /// drained: a group nobody reads would hold its topics' retention, and a
+    /// restarted replica moves its groups to the end anyway, so nothing of
+    /// value goes with it.
+    pub async fn close(&self) {
+        let topics: Vec<String> = {
+            let mut topics = self.topics.lock().unwrap_or_else(|e| e.into_inner());
+            topics
+                .drain()
+                .map(|(name, t)| {
+                    t.task.abort();
+                    name
+                })
+                .collect()
+        };
+        let deletes = topics.into_iter().map(|topic| {
+            let mut client = self.client.clone();
+            let group = self.group.clone();
+            async move {
+                let req = pb::DeleteGroupRequest { topic: topic.clone(), group };
+                if let Err(e) = client.delete_group(req).await {
+                    tracing::debug!(%topic, error = %e.message(), "hub group not deleted");
+                }
+            }
+        });
+        if tokio::time::timeout(CLOSE_WAIT, futures::future::join_all(deletes)).await.is_err() {
+            tracing::warn!(group = %self.group, "deleting the hub's groups timed out; they hold their topics' retention until deleted (DeleteGroup)");
+        }
     }
 
     /// Adds connection `id` to `topic`'s subscribers, opening the topic
