@@ -32,6 +32,7 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 
+use crate::sidecar::gateway::metrics::Reloads;
 use crate::sidecar::gateway::route::RouteTable;
 use crate::sidecar::policy::Policy;
 
@@ -70,18 +71,25 @@ pub const ROUTES_POLL: Duration = Duration::from_secs(1);
 /// Loads the routes file now (an error fails the start) and reloads it on
 /// change until the returned task is aborted. A bad edit is logged with its
 /// file, line and field, and the table in force stays.
-pub fn watch_routes(path: PathBuf) -> Result<(Arc<ArcSwap<RouteTable>>, tokio::task::JoinHandle<()>), String> {
-    watch_files("routes", vec![path], |paths, version| routes_file::load(&paths[0], version).map_err(|e| e.to_string()))
+pub fn watch_routes(
+    path: PathBuf,
+    reloads: Reloads,
+) -> Result<(Arc<ArcSwap<RouteTable>>, tokio::task::JoinHandle<()>), String> {
+    watch_files("routes", vec![path], reloads, |paths, version| {
+        routes_file::load(&paths[0], version).map_err(|e| e.to_string())
+    })
 }
 
 /// Loads `what` from `paths` with `load(paths, version)` now (an error
 /// fails the start), then polls the files' modification times every
 /// [`ROUTES_POLL`] and swaps in a new load (version + 1) when one changed,
 /// until the returned task is aborted. A load that fails is logged and the
-/// value in force stays.
+/// value in force stays; both outcomes are counted in `reloads`
+/// (`gateway_config_reloads{what, result}`).
 pub fn watch_files<T, F>(
     what: &'static str,
     paths: Vec<PathBuf>,
+    reloads: Reloads,
     load: F,
 ) -> Result<(Arc<ArcSwap<T>>, tokio::task::JoinHandle<()>), String>
 where
@@ -109,8 +117,12 @@ where
                         version += 1;
                         tracing::info!(version, "gateway {what} reloaded");
                         value.store(Arc::new(t));
+                        reloads.applied.inc();
                     }
-                    Err(e) => tracing::error!(error = %e, "gateway {what} not reloaded; keeping the version in force"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "gateway {what} not reloaded; keeping the version in force");
+                        reloads.rejected.inc();
+                    }
                 }
             }
         }

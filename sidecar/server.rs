@@ -114,13 +114,17 @@ impl Sidecar {
         let admin_addr = local(&admin_l)?;
         let upstream_addrs =
             upstream_ls.iter().map(|(s, l)| Ok((s.clone(), local(l)?))).collect::<Result<Vec<_>, SidecarError>>()?;
+        let mut metrics = Metrics::default();
+        let gateway_metrics = config.gateway.is_some().then(|| GatewayMetrics::register(metrics.registry_mut()));
+        let reloads = |what| gateway_metrics.as_ref().map(|m| m.reloads(what)).unwrap_or_default();
         // Gateway: routes and TLS load now, so a bad file fails the start.
         let mut data_tasks = Vec::new();
         let gateway_data = match &config.gateway {
             Some(g) => {
                 let routes = match &g.routes {
                     Some(file) => {
-                        let (routes, task) = gateway::watch_routes(file.clone()).map_err(SidecarError::Start)?;
+                        let (routes, task) =
+                            gateway::watch_routes(file.clone(), reloads("routes")).map_err(SidecarError::Start)?;
                         data_tasks.push(task);
                         Some(routes)
                     }
@@ -128,8 +132,8 @@ impl Sidecar {
                 };
                 let tls = match &g.tls {
                     Some((cert, key)) => {
-                        let (tls, task) =
-                            gateway::tls::watch(cert.clone(), key.clone()).map_err(SidecarError::Start)?;
+                        let (tls, task) = gateway::tls::watch(cert.clone(), key.clone(), reloads("tls"))
+                            .map_err(SidecarError::Start)?;
                         data_tasks.push(task);
                         Some(tls)
                     }
@@ -138,8 +142,8 @@ impl Sidecar {
                 let transcode = if g.descriptors.is_empty() {
                     None
                 } else {
-                    let (table, task) =
-                        gateway::transcode::watch(g.descriptors.clone()).map_err(SidecarError::Start)?;
+                    let (table, task) = gateway::transcode::watch(g.descriptors.clone(), reloads("descriptors"))
+                        .map_err(SidecarError::Start)?;
                     data_tasks.push(task);
                     Some(table)
                 };
@@ -154,8 +158,6 @@ impl Sidecar {
                  authenticated; for development only, never in production"
             );
         }
-        let mut metrics = Metrics::default();
-        let gateway_metrics = config.gateway.is_some().then(|| GatewayMetrics::register(metrics.registry_mut()));
         let hub_metrics =
             config.gateway.as_ref().and_then(|g| g.ws.as_ref()).map(|_| HubMetrics::register(metrics.registry_mut()));
         let limits = policy::Limits {

@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 use redfire::sidecar::config::Settings as SidecarSettings;
 use support::gateway::*;
 use support::mesh::{BoxBody, h2c_client, serve_app};
-use support::{eventually, http_get};
+use support::{eventually, http_get, metric};
 use tokio_tungstenite::tungstenite::Message;
 
 /// The user service: answers JSON naming the path, the query and the
@@ -153,7 +153,12 @@ async fn routes_hot_reload_and_a_bad_edit_keeps_the_table_in_force() {
 
     // A broken edit: the table in force stays (version 2, both routes).
     m.routes.rewrite("[[route]]\npath = \"/x\"\nservice = \"Not_A_Service\"\n");
-    tokio::time::sleep(redfire::sidecar::gateway::ROUTES_POLL * 3).await;
+    let rejected = "redfire_sidecar_gateway_config_reloads_total{what=\"routes\",result=\"rejected\"}";
+    let applied = "redfire_sidecar_gateway_config_reloads_total{what=\"routes\",result=\"applied\"}";
+    let seen =
+        eventually(Duration::from_secs(10), || async { metric(m.gateway.admin_addr, rejected).await >= 1.0 }).await;
+    assert!(seen, "the bad edit is read and counted as rejected");
+    assert_eq!(metric(m.gateway.admin_addr, applied).await, 1.0, "one good reload (version 2)");
     assert_eq!(json(http_get(m.gateway.admin_addr, "/admin/routes").await.1.as_bytes())["version"], 2);
     assert_eq!(http1(m.addr, "GET", "/people/42", &[], b"").await.0, 200);
     assert_eq!(http1(m.addr, "GET", "/api/v1/users/1", &[], b"").await.0, 200);

@@ -87,6 +87,8 @@ async fn alpn_h2_and_http1_and_certificate_reload_without_dropping_connections()
     })
     .await;
     assert!(reloaded, "new handshakes present the new certificate");
+    let applied = "redfire_sidecar_gateway_config_reloads_total{what=\"tls\",result=\"applied\"}";
+    assert!(support::metric(m.gateway.admin_addr, applied).await >= 1.0, "the reload is counted");
 
     // The connections opened before the reload still work.
     let resp = h1.send_request(get()).await.unwrap();

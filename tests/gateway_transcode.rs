@@ -229,7 +229,11 @@ async fn bodies_query_parameters_and_response_body() {
 
     // A bad edit of the descriptor file is logged; the bindings in force stay.
     std::fs::write(&s.descriptors.0, b"garbage").unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let rejected = "redfire_sidecar_gateway_config_reloads_total{what=\"descriptors\",result=\"rejected\"}";
+    let admin = s.mesh.gateway.admin_addr;
+    let seen =
+        support::eventually(Duration::from_secs(10), || async { support::metric(admin, rejected).await >= 1.0 }).await;
+    assert!(seen, "the bad descriptor file is read and counted as rejected");
     let (status, _, v) = call(&s, "GET", "/api/v1/users/5", "").await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["displayName"], "user-5");

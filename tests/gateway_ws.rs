@@ -22,7 +22,7 @@ use redfire::sidecar::server::Sidecar;
 use serde_json::{Value, json};
 use support::gateway::TempFile;
 use support::policy::*;
-use support::{control, eventually, free_port, http_get, redis_settings, settings, shared_redis, unique_prefix};
+use support::{control, eventually, free_port, redis_settings, settings, shared_redis, unique_prefix};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -152,12 +152,7 @@ async fn subscribe(ws: &mut Ws, topic: &str) -> Value {
 }
 
 async fn metric(gw: &Sidecar, name: &str) -> f64 {
-    let (_, body) = http_get(gw.admin_addr, "/metrics").await;
-    body.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+    support::metric(gw.admin_addr, name).await
 }
 
 #[tokio::test]

@@ -1,7 +1,7 @@
 //! Gateway metrics, per route: requests by status class, latency to
 //! response headers (p50/p95/p99 come from the histogram), and the
 //! counters the policy layers (rate limits, JWT/RBAC) increment; per
-//! listener: open and refused connections.
+//! listener: open and refused connections; reloads of the watched files.
 
 use std::time::Duration;
 
@@ -35,6 +35,24 @@ pub struct Reason {
     pub reason: &'static str,
 }
 
+/// Labels of the reload counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// `routes`, `descriptors` or `tls`.
+    pub what: &'static str,
+    /// `applied` or `rejected` (the version in force stays).
+    pub result: &'static str,
+}
+
+/// One watched file set's reload counters.
+#[derive(Debug, Clone, Default)]
+pub struct Reloads {
+    /// Changes loaded and swapped in.
+    pub applied: Counter,
+    /// Changes that failed to load (logged; the version in force stays).
+    pub rejected: Counter,
+}
+
 /// See the module docs.
 #[derive(Debug, Clone)]
 pub struct GatewayMetrics {
@@ -48,6 +66,7 @@ pub struct GatewayMetrics {
     pub connections: Gauge,
     /// Client connections closed by the gateway without serving them.
     pub refused: Family<Reason, Counter>,
+    reloads: Family<ReloadLabels, Counter>,
 }
 
 impl GatewayMetrics {
@@ -60,6 +79,7 @@ impl GatewayMetrics {
             auth_failures: Family::default(),
             connections: Gauge::default(),
             refused: Family::default(),
+            reloads: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("gateway");
         r.register("requests", "requests by route and status class", m.requests.clone());
@@ -68,7 +88,14 @@ impl GatewayMetrics {
         r.register("auth_failures", "requests refused by authentication or authorization", m.auth_failures.clone());
         r.register("connections", "client connections open", m.connections.clone());
         r.register("connections_refused", "client connections closed unserved, by reason", m.refused.clone());
+        r.register("config_reloads", "file reloads (routes, descriptors, tls) by result", m.reloads.clone());
         m
+    }
+
+    /// The reload counters of the files `what` (`routes`, `descriptors`, `tls`).
+    pub fn reloads(&self, what: &'static str) -> Reloads {
+        let counter = |result| self.reloads.get_or_create(&ReloadLabels { what, result }).clone();
+        Reloads { applied: counter("applied"), rejected: counter("rejected") }
     }
 
     /// Records one response of `route`.

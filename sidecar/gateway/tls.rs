@@ -5,18 +5,16 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-/// How often the files' modification times are checked.
-pub const POLL: Duration = Duration::from_secs(1);
+use super::metrics::Reloads;
 
 /// Builds a server config from the two files.
-pub fn load(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, String> {
+pub fn load(cert: &Path, key: &Path) -> Result<ServerConfig, String> {
     let certs = CertificateDer::pem_file_iter(cert)
         .map_err(|e| format!("gateway_tls_cert {}: {e}", cert.display()))?
         .collect::<Result<Vec<_>, _>>()
@@ -33,38 +31,17 @@ pub fn load(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, String> {
         .with_single_cert(certs, key)
         .map_err(|e| format!("gateway_tls_key: does not match the certificate or is unusable: {e}"))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Ok(config)
 }
 
-fn mtimes(files: &[&PathBuf]) -> Vec<Option<SystemTime>> {
-    files.iter().map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok()).collect()
-}
-
-/// Loads the pair now (an error fails the start) and keeps `current` in
-/// step with the files until the returned task is aborted.
-pub fn watch(cert: PathBuf, key: PathBuf) -> Result<(Arc<ArcSwap<ServerConfig>>, tokio::task::JoinHandle<()>), String> {
-    let seen = mtimes(&[&cert, &key]);
-    let current = Arc::new(ArcSwap::new(load(&cert, &key)?));
-    let task = tokio::spawn({
-        let current = current.clone();
-        async move {
-            let mut seen = seen;
-            loop {
-                tokio::time::sleep(POLL).await;
-                let now = mtimes(&[&cert, &key]);
-                if now == seen {
-                    continue;
-                }
-                seen = now;
-                match load(&cert, &key) {
-                    Ok(c) => {
-                        current.store(c);
-                        tracing::info!(cert = %cert.display(), "gateway TLS certificate reloaded");
-                    }
-                    Err(e) => tracing::error!(error = %e, "gateway TLS reload failed; keeping the current certificate"),
-                }
-            }
-        }
-    });
-    Ok((current, task))
+/// Loads the pair now (an error fails the start) and keeps the config in
+/// step with the files (polled every [`super::ROUTES_POLL`]) until the
+/// returned task is aborted; a bad new pair is logged, counted as rejected
+/// in `reloads`, and the current one stays.
+pub fn watch(
+    cert: PathBuf,
+    key: PathBuf,
+    reloads: Reloads,
+) -> Result<(Arc<ArcSwap<ServerConfig>>, tokio::task::JoinHandle<()>), String> {
+    super::watch_files("TLS certificate", vec![cert, key], reloads, |paths, _| load(&paths[0], &paths[1]))
 }

@@ -33,6 +33,7 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full};
 
 use crate::sidecar::gateway::forward::json_error;
+use crate::sidecar::gateway::metrics::Reloads;
 use crate::sidecar::outbound::proxy::{Outbound, Target};
 use crate::sidecar::{Body, BoxError};
 use table::Table;
@@ -43,8 +44,11 @@ pub const MAX_BODY: usize = 4 << 20;
 /// Loads the descriptor sets now (an error fails the start) and reloads
 /// them when one changes until the returned task is aborted. A bad edit is
 /// logged and the table in force stays.
-pub fn watch(paths: Vec<PathBuf>) -> Result<(Arc<ArcSwap<Table>>, tokio::task::JoinHandle<()>), String> {
-    crate::sidecar::gateway::watch_files("transcoding descriptors", paths, |paths, version| {
+pub fn watch(
+    paths: Vec<PathBuf>,
+    reloads: Reloads,
+) -> Result<(Arc<ArcSwap<Table>>, tokio::task::JoinHandle<()>), String> {
+    crate::sidecar::gateway::watch_files("transcoding descriptors", paths, reloads, |paths, version| {
         let t = Table::load(paths, version).map_err(|e| e.to_string())?;
         tracing::info!(version, bindings = t.bindings.len(), "gateway transcoding descriptors loaded");
         Ok(t)
