@@ -212,8 +212,9 @@ impl Hub {
             }
         };
         let roles = policy.user_roles(&claims).await;
-        let expires = jwt.expires_at(&claims).map(|at| {
-            tokio::time::Instant::now() + at.duration_since(std::time::SystemTime::now()).unwrap_or_default()
+        // (An `exp` too far away to be an instant never expires the connection.)
+        let expires = jwt.expires_at(&claims).and_then(|at| {
+            tokio::time::Instant::now().checked_add(at.duration_since(std::time::SystemTime::now()).unwrap_or_default())
         });
         let chosen = choose_protocol(&offered);
         let upgrade = hyper::upgrade::on(&mut req);
