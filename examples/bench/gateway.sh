@@ -236,7 +236,7 @@ wait_for "a 200 through the nginx pair" is200 "http://127.0.0.1:$NPO/"
 # ---- load -------------------------------------------------------------------------------------
 declare -A PORT=([direct]=$BACKEND_PORT [nginx]=$NG [nginx_pair]=$NPO [gateway]=$GW [gw_nojwt]=$GP)
 TARGETS="direct nginx nginx_pair gateway gw_nojwt"
-declare -A PIDS CPU
+declare -A PIDS CPU SPLIT
 PIDS=([nginx]=$NGINX_PID [nginx_pair]="$NGINX_IN_PID $NGINX_OUT_PID" [gateway]="$GW_PID $ECHO_PID" [gw_nojwt]="$GP_PID $ECHO_PID")
 declare -A RPS P50 P99 BAD
 # wrk prints latencies as 655.00us, 7.02ms or 1.20s: microseconds, so medians compare numbers.
@@ -252,15 +252,23 @@ ticks() {
 }
 HZ=$(getconf CLK_TCK)
 run() {   # run TARGET ROUND
-  local t=$1 out c0 c1 n t0 t1
+  local t=$1 out c0 c1 n t0 t1 p
+  local -A each0 each1
   c0=$(count)
   t0=$(ticks ${PIDS[$t]:-})
+  for p in ${PIDS[$t]:-}; do each0[$p]=$(ticks "$p"); done
   out=$(taskset -c 0 wrk -t1 -c"$CONNS" -d"${SECS}s" --latency -H "Authorization: Bearer $TOKEN" \
     "http://127.0.0.1:${PORT[$t]}/" 2>&1)
   echo "$out" >"$WORK/wrk-$t-$2.txt"
   c1=$(count)
   t1=$(ticks ${PIDS[$t]:-})
+  for p in ${PIDS[$t]:-}; do each1[$p]=$(ticks "$p"); done
   n=$(awk '/requests in/ {print $1}' <<<"$out")
+  # Per process, this round (the last round's split is printed).
+  SPLIT[$t]=""
+  for p in ${PIDS[$t]:-}; do
+    SPLIT[$t]+="$(awk -v d=$((each1[$p] - each0[$p])) -v n="$n" -v hz="$HZ" 'BEGIN { printf "%.1f", n ? d * 1e6 / hz / n : 0 }') "
+  done
   CPU[$t]+="$(awk -v d=$((t1 - t0)) -v n="$n" -v hz="$HZ" 'BEGIN { printf "%.1f", n ? d * 1e6 / hz / n : 0 }') "
   RPS[$t]+="$(awk '/^Requests\/sec/ {print $2}' <<<"$out") "
   P50[$t]+="$(awk '$1 == "50%" {print $2}' <<<"$out" | to_us) "
@@ -302,3 +310,6 @@ for t in $TARGETS; do
 done
 echo "(gateway = gateway + the echo service's sidecar, two proxies; nginx = one proxy; nginx_pair = two;"
 echo " proxy_cpu_us = CPU time of those proxies per request, utime + stime; rss of the proxies)"
+echo "CPU µs per request by process, last round:"
+printf '  %-10s %s\n' nginx "nginx ${SPLIT[nginx]:-}" nginx_pair "in, out: ${SPLIT[nginx_pair]:-}" \
+  gateway "gateway, echo sidecar: ${SPLIT[gateway]:-}" gw_nojwt "gateway, echo sidecar: ${SPLIT[gw_nojwt]:-}"
