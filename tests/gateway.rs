@@ -6,44 +6,20 @@
 
 mod support;
 
-use std::convert::Infallible;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use http::{HeaderValue, Request, Response};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use http::Request;
+use http_body_util::BodyExt;
 use redfire::sidecar::config::Settings as SidecarSettings;
 use support::gateway::*;
-use support::mesh::{BoxBody, h2c_client, serve_app};
+use support::mesh::h2c_client;
 use support::{eventually, http_get, metric};
 use tokio_tungstenite::tungstenite::Message;
 
-/// The user service: answers JSON naming the path, the query and the
-/// headers it received, and the instance `version` it was started as.
-async fn users_app(version: &'static str) -> std::net::SocketAddr {
-    serve_app(true, move |req: Request<Incoming>| async move {
-        let h = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-        let body = serde_json::json!({
-            "version": version,
-            "path": req.uri().path(),
-            "query": req.uri().query(),
-            "x-forwarded-for": h("x-forwarded-for"),
-            "forwarded": h("forwarded"),
-            "x-request-id": h("x-request-id"),
-            "x-gateway": h("x-gateway"),
-            "cookie": h("cookie"),
-            "peer": h("x-redfire-peer-identity"),
-        });
-        let body: BoxBody = Full::new(Bytes::from(body.to_string())).map_err(|n| match n {}).boxed_unsync();
-        let mut resp = Response::new(body);
-        resp.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
-        resp.headers_mut().insert("server", HeaderValue::from_static("users-app/1.0"));
-        Ok::<_, Infallible>(resp)
-    })
-    .await
-}
+/// The headers the user service reports.
+const SEEN: &[&str] = &["x-forwarded-for", "forwarded", "x-request-id", "x-gateway", "cookie"];
 
 const ROUTES: &str = r#"
 [[route]]
@@ -63,7 +39,7 @@ fn json(body: &[u8]) -> serde_json::Value {
 
 #[tokio::test]
 async fn users_route_end_to_end_with_rewrite_over_http1_and_h2c() {
-    let app = users_app("1").await;
+    let app = users_app("1", SEEN).await;
     let users = Service { name: "users", app, protocol: "http1", metadata: "" };
     let m = gateway_mesh(&[users], ROUTES, SidecarSettings::default()).await;
 
@@ -132,7 +108,7 @@ async fn users_route_end_to_end_with_rewrite_over_http1_and_h2c() {
 
 #[tokio::test]
 async fn routes_hot_reload_and_a_bad_edit_keeps_the_table_in_force() {
-    let app = users_app("1").await;
+    let app = users_app("1", SEEN).await;
     let m =
         gateway_mesh(&[Service { name: "users", app, protocol: "http1", metadata: "" }], ROUTES, Default::default())
             .await;
@@ -166,7 +142,7 @@ async fn routes_hot_reload_and_a_bad_edit_keeps_the_table_in_force() {
 
 #[tokio::test]
 async fn version_subset_routes_only_to_matching_instances() {
-    let (v1, v2) = (users_app("1").await, users_app("2").await);
+    let (v1, v2) = (users_app("1", SEEN).await, users_app("2", SEEN).await);
     let routes = r#"
 [[route]]
 name = "users-v2"
@@ -237,7 +213,7 @@ async fn websocket_passes_through_the_gateway() {
 
 #[tokio::test]
 async fn gateway_drains_on_shutdown() {
-    let app = users_app("1").await;
+    let app = users_app("1", SEEN).await;
     let m =
         gateway_mesh(&[Service { name: "users", app, protocol: "http1", metadata: "" }], ROUTES, Default::default())
             .await;

@@ -8,37 +8,17 @@
 
 mod support;
 
-use std::convert::Infallible;
-
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response};
+use http::Request;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use redfire::sidecar::config::Settings as SidecarSettings;
 use serde_json::Value;
 use support::gateway::*;
 use support::http_get;
-use support::mesh::{BoxBody, serve_app};
 use support::policy::*;
 
-/// The user service: JSON naming the path and the user headers it received.
-async fn users_app() -> std::net::SocketAddr {
-    serve_app(true, move |req: Request<Incoming>| async move {
-        let h = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-        let body = serde_json::json!({
-            "path": req.uri().path(),
-            "x-user-id": h("x-user-id"),
-            "x-user-roles": h("x-user-roles"),
-            "authorization": h("authorization"),
-            "peer": h("x-redfire-peer-identity"),
-        });
-        let body: BoxBody = Full::new(Bytes::from(body.to_string())).map_err(|n| match n {}).boxed_unsync();
-        let mut resp = Response::new(body);
-        resp.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
-        Ok::<_, Infallible>(resp)
-    })
-    .await
-}
+/// The headers the user service reports.
+const SEEN: &[&str] = &["x-user-id", "x-user-roles", "authorization"];
 
 const ROUTES: &str = r#"
 [[route]]
@@ -91,7 +71,7 @@ fn json(body: &[u8]) -> Value {
 
 #[tokio::test]
 async fn jwt_user_calls_a_service_through_the_gateway_and_refusals_are_json() {
-    let app = users_app().await;
+    let app = users_app("1", SEEN).await;
     let m = gateway_mesh(
         &[Service { name: "users", app, protocol: "http1", metadata: "" }],
         ROUTES,
@@ -175,7 +155,7 @@ async fn jwt_user_calls_a_service_through_the_gateway_and_refusals_are_json() {
 
 #[tokio::test]
 async fn routes_come_from_control_and_hot_reload_with_the_policy() {
-    let app = users_app().await;
+    let app = users_app("1", SEEN).await;
     let m = gateway_mesh(
         &[Service { name: "users", app, protocol: "http1", metadata: "" }],
         "",

@@ -13,7 +13,34 @@ use redfire::control::server::Control;
 use redfire::sidecar::config::{Config as SidecarConfig, Settings as SidecarSettings};
 use redfire::sidecar::server::Sidecar;
 
+use super::mesh::{BoxBody, serve_app};
 use super::{control, eventually, http_get, settings};
+
+/// A user service app: answers JSON naming the instance `version` it was
+/// started as, the path and query it received, each of `headers` (keyed by
+/// name) and the caller's mesh identity (`peer`), with `Server:
+/// users-app/1.0`.
+pub async fn users_app(version: &'static str, headers: &'static [&'static str]) -> SocketAddr {
+    use http_body_util::{BodyExt, Full};
+    serve_app(true, move |req: http::Request<hyper::body::Incoming>| async move {
+        let h = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let mut body = serde_json::json!({
+            "version": version,
+            "path": req.uri().path(),
+            "query": req.uri().query(),
+            "peer": h("x-redfire-peer-identity"),
+        });
+        for name in headers {
+            body[*name] = h(name).into();
+        }
+        let body: BoxBody = Full::new(bytes::Bytes::from(body.to_string())).map_err(|n| match n {}).boxed_unsync();
+        let mut resp = http::Response::new(body);
+        resp.headers_mut().insert("content-type", http::HeaderValue::from_static("application/json"));
+        resp.headers_mut().insert("server", http::HeaderValue::from_static("users-app/1.0"));
+        Ok::<_, std::convert::Infallible>(resp)
+    })
+    .await
+}
 
 /// One service behind the gateway.
 pub struct Service<'a> {
