@@ -28,7 +28,7 @@ pub struct RouteLabel {
     pub route: String,
 }
 
-/// Labels of the refused-connection counter.
+/// A reason label (refused connections here; hub closes and refusals).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Reason {
     /// Why.

@@ -8,18 +8,13 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::sidecar::gateway::metrics::Reason;
+
 /// A message type label (`subscribe`, `event`, `ack`, ...).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Kind {
     /// The type.
     pub kind: &'static str,
-}
-
-/// A reason label.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct Why {
-    /// The reason.
-    pub reason: &'static str,
 }
 
 /// See the module docs.
@@ -34,9 +29,9 @@ pub struct HubMetrics {
     /// Connections closed because their send queue was full.
     pub slow_consumer_closes: Counter,
     /// Connections closed by the hub for other reasons.
-    pub closes: Family<Why, Counter>,
+    pub closes: Family<Reason, Counter>,
     /// Handshakes refused, by reason.
-    pub refused: Family<Why, Counter>,
+    pub refused: Family<Reason, Counter>,
     /// Events received from the bus (before fan-out).
     pub bus_events: Counter,
 }
@@ -68,11 +63,11 @@ impl HubMetrics {
 
     /// Counts a refused handshake.
     pub fn refuse(&self, reason: &'static str) {
-        self.refused.get_or_create(&Why { reason }).inc();
+        self.refused.get_or_create(&Reason { reason }).inc();
     }
 
     /// Counts a close by the hub.
     pub fn close(&self, reason: &'static str) {
-        self.closes.get_or_create(&Why { reason }).inc();
+        self.closes.get_or_create(&Reason { reason }).inc();
     }
 }
