@@ -215,16 +215,9 @@ impl Compiled {
         if self.version == 0 {
             return Ok(Admitted::default());
         }
-        let raw = parts.uri.path();
-        let path = path::normalise(raw).map_err(|e| Rejection::BadRequest(e.to_string()))?;
-        let mut admitted = Admitted::default();
-        let encoded = path::encode(&path);
-        if encoded != raw {
-            admitted.path_and_query = Some(match parts.uri.query() {
-                Some(q) => format!("{encoded}?{q}"),
-                None => encoded,
-            });
-        }
+        let (path, path_and_query) =
+            path::normalise_uri(&parts.uri).map_err(|e| Rejection::BadRequest(e.to_string()))?;
+        let mut admitted = Admitted { path_and_query, ..Default::default() };
         let method = parts.method.as_str();
         if let Some(a) = &self.authz {
             a.check(peer, method, &path).map_err(|reason| Rejection::Forbidden { stage: "service", reason })?;

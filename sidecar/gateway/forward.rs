@@ -204,14 +204,8 @@ fn host_of<B>(req: &Request<B>) -> Option<String> {
 /// Replaces the request's path with its normalised form (see
 /// [`path::normalise`]), keeping the query.
 fn normalise_path<B>(req: &mut Request<B>) -> Result<(), String> {
-    let raw = req.uri().path();
-    let normal = path::encode(&path::normalise(raw).map_err(|e| e.to_string())?);
-    if normal == raw {
+    let Some(pq) = path::normalise_uri(req.uri()).map_err(|e| e.to_string())?.1 else {
         return Ok(());
-    }
-    let pq = match req.uri().query() {
-        Some(q) => format!("{normal}?{q}"),
-        None => normal,
     };
     let mut uri = req.uri().clone().into_parts();
     uri.path_and_query = Some(pq.parse().map_err(|_| "the normalised path is not a valid URI".to_string())?);

@@ -92,6 +92,19 @@ pub fn normalise(raw: &str) -> Result<String, PathError> {
     Ok(out)
 }
 
+/// `uri`'s path normalised: the decoded normal path, and the path and query
+/// to forward instead of the request's (`None` when they are the same).
+pub fn normalise_uri(uri: &http::Uri) -> Result<(String, Option<String>), PathError> {
+    let raw = uri.path();
+    let path = normalise(raw)?;
+    let encoded = encode(&path);
+    let forward = (encoded != raw).then(|| match uri.query() {
+        Some(q) => format!("{encoded}?{q}"),
+        None => encoded,
+    });
+    Ok((path, forward))
+}
+
 /// `path` (normalised) encoded for the request line.
 pub fn encode(path: &str) -> String {
     utf8_percent_encode(path, PATH).to_string()
