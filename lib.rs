@@ -10,7 +10,16 @@
 //!   control code converts it into domain types at the API boundary.
 
 pub mod control;
+pub mod mesh;
 pub mod sidecar;
+
+/// Settings for property tests: `cases` random cases, and no regression
+/// files (proptest would write them beside the crate root, outside the
+/// tree); a failure prints its minimal input instead.
+#[cfg(test)]
+pub(crate) fn proptest_config(cases: u32) -> proptest::test_runner::Config {
+    proptest::test_runner::Config { failure_persistence: None, ..proptest::test_runner::Config::with_cases(cases) }
+}
 
 /// Generated protobuf and gRPC code, one module per versioned package.
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]

@@ -2,12 +2,11 @@
 //! service-to-service authorization and rate-limit settings.
 //!
 //! Control loads policies from TOML files ([`files`]) or takes them through
-//! the `redfire.policy.v1` API ([`service`]), validates them ([`model`]) and
+//! the `redfire.policy.v1` API ([`service`]), validates them (`crate::mesh::policy`) and
 //! keeps them in a [`store`] (memory, or Redis shared by replicas). Proxies
 //! Watch their service's policy and enforce it (`crate::sidecar::policy`).
 
 pub mod files;
-pub mod model;
 pub mod redis;
 pub mod service;
 pub mod store;

@@ -54,7 +54,7 @@ pub enum ServerError {
     Ca(#[from] crate::control::identity::ca::CaError),
     /// A policy file is invalid (at start there is no last good one to keep).
     #[error("{0}")]
-    Policy(#[from] crate::control::policy::model::PolicyError),
+    Policy(#[from] crate::mesh::policy::PolicyError),
     /// The gRPC server failed.
     #[error("grpc server: {0}")]
     Grpc(String),

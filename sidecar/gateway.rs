@@ -21,8 +21,6 @@ pub mod grpc_web;
 pub mod hub;
 pub mod listener;
 pub mod metrics;
-pub mod route;
-pub mod routes_file;
 pub mod tls;
 pub mod transcode;
 
@@ -32,8 +30,9 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 
+use crate::mesh::policy::route::{self, RouteTable};
+use crate::mesh::policy::routes_file;
 use crate::sidecar::gateway::metrics::Reloads;
-use crate::sidecar::gateway::route::RouteTable;
 use crate::sidecar::policy::Policy;
 
 /// Where the gateway's routes come from.
@@ -171,7 +170,7 @@ pub fn routes_json(t: &RouteTable) -> serde_json::Value {
                 "service": r.service,
                 "subset": r.subset.as_ref().map(|(k, v)| format!("{k}={v}")),
                 "timeout": r.timeout.map(|d| format!("{d:?}")),
-                "retry_attempts": r.retry.map(|p| p.max_attempts),
+                "retry_attempts": r.retry_attempts,
                 "transcode": r.transcode,
                 "request_headers": edits(&r.request_headers),
                 "response_headers": edits(&r.response_headers),

@@ -61,11 +61,3 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The body type on both sides of the proxy: streamed, never collected.
 pub type Body = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, BoxError>;
-
-/// Settings for this module's property tests: `cases` random cases, and no
-/// regression files (proptest would write them beside the crate root, outside
-/// the tree); a failure prints its minimal input instead.
-#[cfg(test)]
-pub(crate) fn proptest_config(cases: u32) -> proptest::test_runner::Config {
-    proptest::test_runner::Config { failure_persistence: None, ..proptest::test_runner::Config::with_cases(cases) }
-}

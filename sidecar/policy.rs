@@ -34,14 +34,14 @@ use http::request::Parts;
 use http::{HeaderName, HeaderValue, Uri};
 use tokio::sync::watch;
 
-use crate::control::policy::model::{PolicyDoc, TopicRule};
+use crate::mesh::policy::ratelimit::from_policy_tables;
+use crate::mesh::policy::route::RouteTable;
+use crate::mesh::policy::routes_file;
+use crate::mesh::policy::{PolicyDoc, TopicRule};
 use crate::proto::policy::v1 as pb;
 use crate::proto::policy::v1::policy_client::PolicyClient;
 use crate::sidecar::errors::ProxyError;
-use crate::sidecar::gateway::route::RouteTable;
-use crate::sidecar::gateway::routes_file;
 use crate::sidecar::metrics::Metrics;
-use crate::sidecar::ratelimit::config::from_policy_tables;
 use crate::sidecar::ratelimit::{RateLimitMetrics, RateLimiter, RedisBackend, RequestFacts};
 use authz::Authz;
 use jwks::JwksRegistry;

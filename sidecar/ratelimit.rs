@@ -38,7 +38,6 @@
 //! one script call with a deadline, or none while Redis is known down.
 
 pub mod algorithm;
-pub mod config;
 pub mod key;
 pub mod memory;
 pub mod metrics;
@@ -50,16 +49,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-pub use self::config::{ConfigError, FailureMode, RateLimitConfig, Storage};
 pub use self::metrics::RateLimitMetrics;
 use self::metrics::RuleCounters;
 pub use self::redis::RedisBackend;
 pub use self::respond::is_grpc;
 
-use self::algorithm::{Algorithm, Verdict};
-use self::config::{Compiled, RuleSpec};
+use self::algorithm::Verdict;
 use self::memory::MemoryStore;
 use self::redis::RedisStore;
+use crate::mesh::policy::ratelimit::{
+    self as spec, Algorithm, Compiled, ConfigError, FailureMode, RateLimitConfig, RuleSpec, Storage,
+};
 
 /// What the limiter needs to know about a request.
 #[derive(Clone, Copy, Debug)]
@@ -273,7 +273,7 @@ impl RateLimiter {
     /// Decides one request. See the module docs.
     pub async fn check(&self, facts: &RequestFacts<'_>) -> Decision {
         let inner = &*self.inner;
-        let path = key::normalise(facts.path);
+        let path = spec::normalise(facts.path);
         let mut tightest: Option<Quota> = None;
         for rule in &inner.rules {
             if !rule.matches(facts, &path) {
@@ -341,7 +341,7 @@ impl RateLimiter {
 impl Rule {
     fn matches(&self, facts: &RequestFacts<'_>, path: &str) -> bool {
         let spec = &self.spec;
-        key::path_matches(&spec.path, path)
+        spec::path_matches(&spec.path, path)
             && (spec.methods.is_empty() || spec.methods.contains(facts.method))
             && spec.route.as_deref().is_none_or(|r| facts.route == Some(r))
     }

@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::model::{PolicyError, parse_toml};
 use super::store::PolicyStore;
+use crate::mesh::policy::{PolicyError, parse_toml};
 
 /// What a file looked like when it was last read.
 type Stamp = (SystemTime, u64);

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
-use super::model::parse_toml;
 use super::store::{PolicyStore, Snapshot};
 use crate::control::shutdown::Drain;
+use crate::mesh::policy::parse_toml;
 use crate::proto::policy::v1 as pb;
 use crate::proto::policy::v1::policy_server::Policy;
 

@@ -32,6 +32,7 @@ use crate::sidecar::gateway::hub::Hub;
 use crate::sidecar::gateway::metrics::{self, GatewayMetrics};
 use crate::sidecar::gateway::transcode::{self, table::Table};
 use crate::sidecar::outbound::proxy::{Outbound, Target};
+use crate::sidecar::outbound::retry::RetryPolicy;
 use crate::sidecar::policy::{Policy, Refused, path};
 use crate::sidecar::ratelimit::key;
 
@@ -163,7 +164,11 @@ impl Gateway {
             }
         }
         route.request_headers.apply(req.headers_mut());
-        let target = Target { subset: route.subset.clone(), timeout: route.timeout, retry: route.retry };
+        let target = Target {
+            subset: route.subset.clone(),
+            timeout: route.timeout,
+            retry: route.retry_attempts.map(|n| RetryPolicy { max_attempts: n, ..RetryPolicy::default() }),
+        };
         let mut resp = match web {
             Some(flavour) => {
                 let suffix = grpc_web::suffix(req.headers());

@@ -2,7 +2,7 @@
 //! paths of this service. Pure: the caller's SPIFFE ID comes from the mTLS
 //! handshake, the path is already normalised.
 
-use crate::control::policy::model::{AuthzPolicy, Decision};
+use crate::mesh::policy::{AuthzPolicy, Decision};
 use crate::sidecar::policy::path;
 
 /// A compiled [`AuthzPolicy`].
@@ -57,7 +57,7 @@ mod tests {
     use super::*;
 
     fn authz(toml: &str) -> Authz {
-        let doc = crate::control::policy::model::parse_toml(toml, "t", "orders").unwrap();
+        let doc = crate::mesh::policy::parse_toml(toml, "t", "orders").unwrap();
         Authz::new(doc.authz.unwrap())
     }
 

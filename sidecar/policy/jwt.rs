@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 
 use super::jwks::{Jwks, JwksRegistry, REFETCH_EVERY, Source};
 use super::path;
-use crate::control::policy::model::{JwtPolicy, TokenSource};
+use crate::mesh::policy::{JwtPolicy, TokenSource};
 
 /// Largest token accepted, in bytes.
 pub const MAX_TOKEN: usize = 8 * 1024;
@@ -355,7 +355,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::control::policy::model::parse_toml;
+    use crate::mesh::policy::parse_toml;
 
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
@@ -436,7 +436,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(crate::sidecar::proptest_config(256))]
+        #![proptest_config(crate::proptest_config(256))]
         /// Peer input: any token-shaped string is an error, never a panic.
         #[test]
         fn arbitrary_tokens_are_refused_without_panicking(

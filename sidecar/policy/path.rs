@@ -175,7 +175,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(crate::sidecar::proptest_config(512))]
+        #![proptest_config(crate::proptest_config(512))]
         /// Peer input: any string normalises or is refused, never panics.
         #[test]
         fn any_path_normalises_or_is_refused(raw in "\\PC{0,64}") {

@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::control::policy::model::{Decision, RbacPolicy};
+use crate::mesh::policy::{Decision, RbacPolicy};
 use crate::sidecar::policy::path;
 
 /// A compiled [`RbacPolicy`].
@@ -107,7 +107,7 @@ path = "/orders/*"
 permission = "orders.read"
 "#
         );
-        let doc = crate::control::policy::model::parse_toml(&toml, "t", "orders").unwrap();
+        let doc = crate::mesh::policy::parse_toml(&toml, "t", "orders").unwrap();
         Rbac::new(doc.rbac.as_ref().unwrap())
     }
 

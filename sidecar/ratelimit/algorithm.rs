@@ -15,53 +15,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-/// Nanoseconds since a store's epoch.
-pub type Nanos = u64;
-
-/// An algorithm with its parameters (validated: every number ≥ 1).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Algorithm {
-    /// At most `limit` requests per aligned window `[k·window, (k+1)·window)`.
-    /// Cheapest; allows up to 2 × limit across a window boundary.
-    FixedWindow {
-        /// Requests per window.
-        limit: u64,
-        /// Window length.
-        window: Nanos,
-    },
-    /// At most `limit` requests in any interval of length `window` (an exact
-    /// sliding log: one timestamp per admitted request, so state grows with
-    /// `limit`).
-    SlidingWindow {
-        /// Requests per window.
-        limit: u64,
-        /// Window length.
-        window: Nanos,
-    },
-    /// A bucket of `burst` tokens refilled at `rate` per `per`; a request
-    /// takes one token. Any interval of length d admits at most
-    /// `burst + d·rate/per` requests.
-    TokenBucket {
-        /// Tokens added per `per`.
-        rate: u64,
-        /// The refill period.
-        per: Nanos,
-        /// Bucket size (and the initial fill).
-        burst: u64,
-    },
-    /// The generic cell rate algorithm: one timestamp (the theoretical
-    /// arrival time) per key; same bound as the token bucket with O(1) state
-    /// and integer arithmetic. The emission interval is `per / rate` rounded
-    /// up, so the rate is never exceeded.
-    Gcra {
-        /// Requests per `per`.
-        rate: u64,
-        /// The period.
-        per: Nanos,
-        /// Requests that may arrive at once.
-        burst: u64,
-    },
-}
+use crate::mesh::policy::ratelimit::{Algorithm, Nanos};
 
 /// The state of one key.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -10,9 +10,9 @@
 use std::net::{IpAddr, SocketAddr};
 
 use aws_lc_rs::digest::{SHA256, digest};
-use http::HeaderName;
 
 use super::RequestFacts;
+use crate::mesh::policy::ratelimit::KeyPart;
 
 /// A store key: the first 16 bytes of SHA-256(rule, algorithm, key material).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -22,44 +22,6 @@ impl Key {
     /// Lower-case hex, for Redis key names.
     pub fn hex(&self) -> String {
         self.0.iter().map(|b| format!("{b:02x}")).collect()
-    }
-}
-
-/// One component of a rule's key.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum KeyPart {
-    /// The client IP: the peer address, or the entry of `X-Forwarded-For`
-    /// added by the outermost trusted proxy (see [`client_ip`]).
-    ClientIp,
-    /// A top-level JWT claim (strings as they are, other JSON as JSON text).
-    Claim(String),
-    /// A request header such as an API key.
-    Header(HeaderName),
-    /// The route name (the rule's path prefix when the request has none).
-    Route,
-    /// Nothing: one limit shared by every request the rule matches.
-    Global,
-}
-
-impl KeyPart {
-    /// Parses `ip`, `route`, `global`, `claim:<name>` or `header:<name>`.
-    pub fn parse(s: &str) -> Result<KeyPart, String> {
-        match s {
-            "ip" => Ok(KeyPart::ClientIp),
-            "route" => Ok(KeyPart::Route),
-            "global" => Ok(KeyPart::Global),
-            _ => {
-                if let Some(claim) = s.strip_prefix("claim:").filter(|c| !c.is_empty()) {
-                    Ok(KeyPart::Claim(claim.to_string()))
-                } else if let Some(h) = s.strip_prefix("header:") {
-                    HeaderName::from_bytes(h.as_bytes())
-                        .map(KeyPart::Header)
-                        .map_err(|_| format!("{h:?} is not a valid header name"))
-                } else {
-                    Err(format!("{s:?} is not a key: use ip, route, global, claim:<name> or header:<name>"))
-                }
-            }
-        }
     }
 }
 
@@ -133,71 +95,6 @@ pub fn client_ip(headers: &http::HeaderMap, peer: IpAddr, hops: u32) -> IpAddr {
     entry.parse::<IpAddr>().or_else(|_| entry.parse::<SocketAddr>().map(|s| s.ip())).unwrap_or(peer)
 }
 
-/// The path rules are matched against: the query dropped, `//` collapsed,
-/// `.` and `..` segments resolved, and percent-encoded unreserved characters
-/// (`A-Z a-z 0-9 - . _ ~`, RFC 3986 §6.2.2.2) decoded, so `/api/%761//./x`
-/// is limited as `/api/v1/x`. Other escapes (such as `%2F`) stay encoded.
-pub fn normalise(path: &str) -> String {
-    let path = path.split(['?', '#']).next().unwrap_or("");
-    let mut segments: Vec<String> = Vec::new();
-    for raw in path.split('/') {
-        let seg = decode_unreserved(raw);
-        match seg.as_str() {
-            "" | "." => {}
-            ".." => {
-                segments.pop();
-            }
-            _ => segments.push(seg),
-        }
-    }
-    let mut out = String::with_capacity(path.len() + 1);
-    for s in &segments {
-        out.push('/');
-        out.push_str(s);
-    }
-    if out.is_empty() || (path.ends_with('/') && !segments.is_empty()) {
-        out.push('/');
-    }
-    out
-}
-
-fn decode_unreserved(seg: &str) -> String {
-    if !seg.contains('%') {
-        return seg.to_string();
-    }
-    let b = seg.as_bytes();
-    let mut out = String::with_capacity(seg.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
-            if let Some(c) = hex.filter(|c| c.is_ascii_alphanumeric() || b"-._~".contains(c)) {
-                out.push(char::from(c));
-                i += 3;
-                continue;
-            }
-        }
-        // Not a decodable unreserved escape: keep the byte (the input is a
-        // &str, so copying char by char keeps it valid UTF-8).
-        let ch = seg[i..].chars().next().unwrap_or('%');
-        out.push(ch);
-        i += ch.len_utf8();
-    }
-    out
-}
-
-/// Segment-aware prefix match: `/api/v1` matches `/api/v1` and `/api/v1/x`,
-/// not `/api/v10`.
-pub fn path_matches(prefix: &str, path: &str) -> bool {
-    if prefix == "/" || path == prefix {
-        return true;
-    }
-    match path.strip_prefix(prefix) {
-        Some(rest) => prefix.ends_with('/') || rest.starts_with('/'),
-        None => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,45 +115,18 @@ mod tests {
         assert_eq!(client_ip(&bad, peer, 2), peer);
     }
 
-    #[test]
-    fn normalise_resolves_what_could_dodge_a_prefix() {
-        assert_eq!(normalise("/api/v1/trading"), "/api/v1/trading");
-        assert_eq!(normalise("//api/./v1/x/../trading?x=1"), "/api/v1/trading");
-        assert_eq!(normalise("/api/%76%31/trading/"), "/api/v1/trading/");
-        assert_eq!(normalise("/a%2Fb"), "/a%2Fb");
-        assert_eq!(normalise("/%"), "/%");
-        assert_eq!(normalise("/%4"), "/%4");
-        assert_eq!(normalise("/é%zz"), "/é%zz");
-        assert_eq!(normalise(""), "/");
-        assert_eq!(normalise("/../.."), "/");
-    }
-
     proptest::proptest! {
-        #![proptest_config(crate::sidecar::proptest_config(512))]
+        #![proptest_config(crate::proptest_config(512))]
 
-        /// Paths and X-Forwarded-For come from peers: any input gives a
-        /// clean path (no `//`, no dot segments) or the peer address, never
-        /// a panic.
+        /// X-Forwarded-For comes from peers: any input gives an address,
+        /// never a panic.
         #[test]
-        fn peer_input_never_panics(path in "[/.%a-zA-Z0-9é?#]{0,40}", xff in "[0-9a-f.:, \\[\\]]{0,40}", hops in 0u32..4) {
-            let p = normalise(&path);
-            proptest::prop_assert!(p.starts_with('/'));
-            proptest::prop_assert!(!p.contains("//"));
-            proptest::prop_assert!(p.split('/').all(|s| s != "." && s != ".."));
+        fn peer_input_never_panics(xff in "[0-9a-f.:, \\[\\]]{0,40}", hops in 0u32..4) {
             let mut h = http::HeaderMap::new();
             if let Ok(v) = http::HeaderValue::from_str(&xff) {
                 h.insert("x-forwarded-for", v);
             }
             let _ = client_ip(&h, IpAddr::from([10, 0, 0, 1]), hops);
         }
-    }
-
-    #[test]
-    fn prefixes_match_whole_segments() {
-        assert!(path_matches("/api/v1", "/api/v1"));
-        assert!(path_matches("/api/v1", "/api/v1/orders"));
-        assert!(!path_matches("/api/v1", "/api/v10"));
-        assert!(path_matches("/api/", "/api/x"));
-        assert!(path_matches("/", "/anything"));
     }
 }

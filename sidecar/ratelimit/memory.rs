@@ -15,8 +15,9 @@ use std::sync::{Mutex, PoisonError};
 
 use tokio::time::Instant;
 
-use super::algorithm::{Algorithm, Nanos, State, Verdict};
+use super::algorithm::{State, Verdict};
 use super::key::Key;
+use crate::mesh::policy::ratelimit::{Algorithm, Nanos};
 
 const SHARDS: usize = 64;
 

@@ -22,8 +22,9 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Script};
 
-use super::algorithm::{Algorithm, Verdict, emission_interval};
+use super::algorithm::{Verdict, emission_interval};
 use super::key::Key;
+use crate::mesh::policy::ratelimit::Algorithm;
 
 /// A Redis connection and the key prefix the limits live under.
 #[derive(Clone)]

@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 
-use super::algorithm::{Algorithm, Nanos, State};
+use super::algorithm::State;
 use super::key::Key;
 use super::memory::MemoryStore;
 use super::*;
+use crate::mesh::policy::ratelimit::{Algorithm, Nanos};
 
 const MS: u64 = 1_000_000;
 
@@ -71,7 +72,7 @@ fn assert_bound(a: &Algorithm, admitted: &[Nanos]) {
 }
 
 proptest! {
-    #![proptest_config(crate::sidecar::proptest_config(256))]
+    #![proptest_config(crate::proptest_config(256))]
 
     /// For each algorithm, on paused time through the memory store:
     /// - admissions never exceed the algorithm's bound;

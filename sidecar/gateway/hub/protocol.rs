@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::control::events::model::validate_name;
-use crate::control::policy::model::TopicRule;
+use crate::mesh::policy::TopicRule;
 
 /// Longest `id` echoed back.
 const MAX_ID: usize = 128;
@@ -157,7 +157,7 @@ pub fn allowed(rules: &[TopicRule], topic: &str, action: Action, roles: &[String
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::policy::model::TopicPattern;
+    use crate::mesh::policy::TopicPattern;
 
     fn rule(name: &str, subscribe: &[&str], publish: &[&str]) -> TopicRule {
         TopicRule {

@@ -289,7 +289,7 @@ fn weights() -> impl Strategy<Value = Vec<u32>> {
 }
 
 proptest! {
-    #![proptest_config(crate::sidecar::proptest_config(128))]
+    #![proptest_config(crate::proptest_config(128))]
 
     #[test]
     fn round_robin_visits_each_endpoint_once_per_cycle(n in 1usize..30, cycles in 1usize..5, seed: u64) {
@@ -411,7 +411,7 @@ fn worst_spread(policy: Policy, ws: &[u32], ks: &[String]) -> f64 {
 }
 
 proptest! {
-    #![proptest_config(crate::sidecar::proptest_config(24))]
+    #![proptest_config(crate::proptest_config(24))]
 
     #[test]
     fn hash_policies_map_a_key_to_one_endpoint_whatever_the_order(

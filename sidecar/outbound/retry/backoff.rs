@@ -79,7 +79,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(crate::sidecar::proptest_config(256))]
+        #![proptest_config(crate::proptest_config(256))]
 
         #[test]
         fn delay_stays_within_zero_and_the_cap(

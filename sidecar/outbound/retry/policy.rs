@@ -213,7 +213,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(crate::sidecar::proptest_config(256))]
+        #![proptest_config(crate::proptest_config(256))]
 
         #[test]
         fn never_retries_past_max_attempts_or_an_unbuffered_body(

@@ -190,7 +190,7 @@ async fn state_follows_the_endpoint_across_set_updates() {
 }
 
 proptest! {
-    #![proptest_config(crate::sidecar::proptest_config(128))]
+    #![proptest_config(crate::proptest_config(128))]
 
     #[test]
     fn never_more_than_half_ejected_whatever_happens(

@@ -29,8 +29,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::control::registry::model::validate_service_name;
-use crate::sidecar::gateway::route::{HeaderEdits, PathMatch, Rewrite, Route, RouteTable, parse_pattern};
-use crate::sidecar::outbound::retry::RetryPolicy;
+use crate::mesh::policy::route::{HeaderEdits, PathMatch, Rewrite, Route, RouteTable, Segment, parse_pattern};
 
 /// A routes file could not be used; the message names file, line and field.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -167,7 +166,7 @@ fn convert(r: RawRoute, index: usize) -> Result<Route, FieldError> {
             let names: Vec<&str> = segs
                 .iter()
                 .filter_map(|s| match s {
-                    crate::sidecar::gateway::route::Segment::Param(n) => Some(n.as_str()),
+                    Segment::Param(n) => Some(n.as_str()),
                     _ => None,
                 })
                 .collect();
@@ -205,9 +204,9 @@ fn convert(r: RawRoute, index: usize) -> Result<Route, FieldError> {
             _ => return Err(("timeout", format!("{t:?} is not a duration above 0 like 500ms or 5s"))),
         },
     };
-    let retry = match r.retry_attempts {
+    let retry_attempts = match r.retry_attempts {
         None => None,
-        Some(n @ 1..=5) => Some(RetryPolicy { max_attempts: n, ..RetryPolicy::default() }),
+        Some(n @ 1..=5) => Some(n),
         Some(n) => return Err(("retry_attempts", format!("{n} is not in 1..=5"))),
     };
     let host = match r.host {
@@ -242,7 +241,7 @@ fn convert(r: RawRoute, index: usize) -> Result<Route, FieldError> {
         service,
         subset: r.subset.into_iter().next(),
         timeout,
-        retry,
+        retry_attempts,
         transcode: r.transcode,
     })
 }
@@ -285,7 +284,7 @@ service = "users"
         let r = &t.routes[0];
         assert_eq!(r.methods, vec![Method::GET]);
         assert_eq!(r.subset, Some(("version".into(), "2".into())));
-        assert_eq!(r.retry.unwrap().max_attempts, 1);
+        assert_eq!(r.retry_attempts.unwrap(), 1);
         assert_eq!(r.request_headers.set[0].0, "x-gateway");
         assert_eq!(t.routes[1].name, "route-1");
     }

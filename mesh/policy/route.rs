@@ -10,8 +10,6 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
-use crate::sidecar::outbound::retry::RetryPolicy;
-
 /// How a route matches the request path.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PathMatch {
@@ -91,8 +89,9 @@ pub struct Route {
     pub subset: Option<(String, String)>,
     /// Total timeout (gRPC's `grpc-timeout` applies too, whichever is shorter).
     pub timeout: Option<Duration>,
-    /// Retry policy; `None` uses the mesh default.
-    pub retry: Option<RetryPolicy>,
+    /// Attempts in total (1..=5, the first included); `None` uses the
+    /// mesh default retry policy.
+    pub retry_attempts: Option<u32>,
     /// HTTP/JSON requests are transcoded to gRPC (`google.api.http`
     /// bindings from `gateway_descriptors`); gRPC and gRPC-Web pass as usual.
     pub transcode: bool,
@@ -256,7 +255,7 @@ mod tests {
             service: "users".into(),
             subset: None,
             timeout: None,
-            retry: None,
+            retry_attempts: None,
             transcode: false,
         }
     }
@@ -311,7 +310,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(crate::sidecar::proptest_config(256))]
+        #![proptest_config(crate::proptest_config(256))]
         /// A prefix route with a prefix rewrite forwards exactly the new
         /// prefix followed by what came after the old one.
         #[test]

@@ -36,10 +36,8 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use http::HeaderName;
 use serde::Deserialize;
-
-use super::algorithm::Algorithm;
-use super::key::KeyPart;
 
 /// The configuration a policy's `[[rate_limits]]` tables stand for: each
 /// table is one rule. Errors name the field as `rate_limits[i].<field>`.
@@ -240,7 +238,7 @@ impl RuleConfig {
         if !path.starts_with('/') {
             return Err(err(f("path"), format!("{path:?} must start with '/'")));
         }
-        let path = super::key::normalise(&path);
+        let path = normalise(&path);
         let mut methods = Vec::new();
         for m in &self.methods {
             let upper = m.to_ascii_uppercase();
@@ -352,6 +350,157 @@ fn duration(v: Option<&str>, field: &str, default: Duration) -> Result<Duration,
     }
 }
 
+/// Nanoseconds since a store's epoch.
+pub type Nanos = u64;
+
+/// An algorithm with its parameters (validated: every number ≥ 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Algorithm {
+    /// At most `limit` requests per aligned window `[k·window, (k+1)·window)`.
+    /// Cheapest; allows up to 2 × limit across a window boundary.
+    FixedWindow {
+        /// Requests per window.
+        limit: u64,
+        /// Window length.
+        window: Nanos,
+    },
+    /// At most `limit` requests in any interval of length `window` (an exact
+    /// sliding log: one timestamp per admitted request, so state grows with
+    /// `limit`).
+    SlidingWindow {
+        /// Requests per window.
+        limit: u64,
+        /// Window length.
+        window: Nanos,
+    },
+    /// A bucket of `burst` tokens refilled at `rate` per `per`; a request
+    /// takes one token. Any interval of length d admits at most
+    /// `burst + d·rate/per` requests.
+    TokenBucket {
+        /// Tokens added per `per`.
+        rate: u64,
+        /// The refill period.
+        per: Nanos,
+        /// Bucket size (and the initial fill).
+        burst: u64,
+    },
+    /// The generic cell rate algorithm: one timestamp (the theoretical
+    /// arrival time) per key; same bound as the token bucket with O(1) state
+    /// and integer arithmetic. The emission interval is `per / rate` rounded
+    /// up, so the rate is never exceeded.
+    Gcra {
+        /// Requests per `per`.
+        rate: u64,
+        /// The period.
+        per: Nanos,
+        /// Requests that may arrive at once.
+        burst: u64,
+    },
+}
+
+/// One component of a rule's key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyPart {
+    /// The client IP: the peer address, or the entry of `X-Forwarded-For`
+    /// added by the outermost trusted proxy (see [`client_ip`]).
+    ClientIp,
+    /// A top-level JWT claim (strings as they are, other JSON as JSON text).
+    Claim(String),
+    /// A request header such as an API key.
+    Header(HeaderName),
+    /// The route name (the rule's path prefix when the request has none).
+    Route,
+    /// Nothing: one limit shared by every request the rule matches.
+    Global,
+}
+
+impl KeyPart {
+    /// Parses `ip`, `route`, `global`, `claim:<name>` or `header:<name>`.
+    pub fn parse(s: &str) -> Result<KeyPart, String> {
+        match s {
+            "ip" => Ok(KeyPart::ClientIp),
+            "route" => Ok(KeyPart::Route),
+            "global" => Ok(KeyPart::Global),
+            _ => {
+                if let Some(claim) = s.strip_prefix("claim:").filter(|c| !c.is_empty()) {
+                    Ok(KeyPart::Claim(claim.to_string()))
+                } else if let Some(h) = s.strip_prefix("header:") {
+                    HeaderName::from_bytes(h.as_bytes())
+                        .map(KeyPart::Header)
+                        .map_err(|_| format!("{h:?} is not a valid header name"))
+                } else {
+                    Err(format!("{s:?} is not a key: use ip, route, global, claim:<name> or header:<name>"))
+                }
+            }
+        }
+    }
+}
+
+/// The path rules are matched against: the query dropped, `//` collapsed,
+/// `.` and `..` segments resolved, and percent-encoded unreserved characters
+/// (`A-Z a-z 0-9 - . _ ~`, RFC 3986 §6.2.2.2) decoded, so `/api/%761//./x`
+/// is limited as `/api/v1/x`. Other escapes (such as `%2F`) stay encoded.
+pub fn normalise(path: &str) -> String {
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    let mut segments: Vec<String> = Vec::new();
+    for raw in path.split('/') {
+        let seg = decode_unreserved(raw);
+        match seg.as_str() {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            _ => segments.push(seg),
+        }
+    }
+    let mut out = String::with_capacity(path.len() + 1);
+    for s in &segments {
+        out.push('/');
+        out.push_str(s);
+    }
+    if out.is_empty() || (path.ends_with('/') && !segments.is_empty()) {
+        out.push('/');
+    }
+    out
+}
+
+fn decode_unreserved(seg: &str) -> String {
+    if !seg.contains('%') {
+        return seg.to_string();
+    }
+    let b = seg.as_bytes();
+    let mut out = String::with_capacity(seg.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+            if let Some(c) = hex.filter(|c| c.is_ascii_alphanumeric() || b"-._~".contains(c)) {
+                out.push(char::from(c));
+                i += 3;
+                continue;
+            }
+        }
+        // Not a decodable unreserved escape: keep the byte (the input is a
+        // &str, so copying char by char keeps it valid UTF-8).
+        let ch = seg[i..].chars().next().unwrap_or('%');
+        out.push(ch);
+        i += ch.len_utf8();
+    }
+    out
+}
+
+/// Segment-aware prefix match: `/api/v1` matches `/api/v1` and `/api/v1/x`,
+/// not `/api/v10`.
+pub fn path_matches(prefix: &str, path: &str) -> bool {
+    if prefix == "/" || path == prefix {
+        return true;
+    }
+    match path.strip_prefix(prefix) {
+        Some(rest) => prefix.ends_with('/') || rest.starts_with('/'),
+        None => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -424,6 +573,42 @@ mod tests {
         for (text, field) in cases {
             let e = RateLimitConfig::from_toml(text).expect_err(text);
             assert_eq!(e.field, field, "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn normalise_resolves_what_could_dodge_a_prefix() {
+        assert_eq!(normalise("/api/v1/trading"), "/api/v1/trading");
+        assert_eq!(normalise("//api/./v1/x/../trading?x=1"), "/api/v1/trading");
+        assert_eq!(normalise("/api/%76%31/trading/"), "/api/v1/trading/");
+        assert_eq!(normalise("/a%2Fb"), "/a%2Fb");
+        assert_eq!(normalise("/%"), "/%");
+        assert_eq!(normalise("/%4"), "/%4");
+        assert_eq!(normalise("/é%zz"), "/é%zz");
+        assert_eq!(normalise(""), "/");
+        assert_eq!(normalise("/../.."), "/");
+    }
+
+    #[test]
+    fn prefixes_match_whole_segments() {
+        assert!(path_matches("/api/v1", "/api/v1"));
+        assert!(path_matches("/api/v1", "/api/v1/orders"));
+        assert!(!path_matches("/api/v1", "/api/v10"));
+        assert!(path_matches("/api/", "/api/x"));
+        assert!(path_matches("/", "/anything"));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(crate::proptest_config(512))]
+
+        /// Paths come from peers: any input gives a clean path (no `//`,
+        /// no dot segments), never a panic.
+        #[test]
+        fn any_path_normalises(path in "[/.%a-zA-Z0-9é?#]{0,40}") {
+            let p = normalise(&path);
+            proptest::prop_assert!(p.starts_with('/'));
+            proptest::prop_assert!(!p.contains("//"));
+            proptest::prop_assert!(p.split('/').all(|s| s != "." && s != ".."));
         }
     }
 }

@@ -7,6 +7,10 @@
 //! field name. A document that deserializes is valid: proxies deserialize
 //! the JSON with the same types and so run the same checks.
 
+pub mod ratelimit;
+pub mod route;
+pub mod routes_file;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -30,13 +34,12 @@ pub struct PolicyDoc {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rbac: Option<RbacPolicy>,
     /// Rate-limit rules. Merge hook: carried through unchanged here (any
-    /// TOML tables) and validated by `crate::sidecar::ratelimit` once that
-    /// module lands; its `RateLimitConfig` replaces `toml::Table`.
+    /// TOML tables), validated by [`ratelimit::from_policy_tables`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rate_limits: Vec<toml::Table>,
     /// Gateway routes (the gateway's own policy document): the fields of
     /// a routes file's `[[route]]`, validated by
-    /// `crate::sidecar::gateway::routes_file::from_tables`.
+    /// [`routes_file::from_tables`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub route: Vec<toml::Table>,
     /// Gateway WebSocket hub: which roles may subscribe and publish to
@@ -677,7 +680,7 @@ pub fn parse_toml(text: &str, origin: &str, service: &str) -> Result<PolicyDoc, 
         }
     }
     if !doc.rate_limits.is_empty() {
-        crate::sidecar::ratelimit::config::from_policy_tables(&doc.rate_limits).map_err(|e| {
+        ratelimit::from_policy_tables(&doc.rate_limits).map_err(|e| {
             let (field, message) = e.split_once(": ").unwrap_or(("rate_limits", e.as_str()));
             PolicyError {
                 origin: origin.into(),
@@ -688,7 +691,7 @@ pub fn parse_toml(text: &str, origin: &str, service: &str) -> Result<PolicyDoc, 
         })?;
     }
     if !doc.route.is_empty() {
-        crate::sidecar::gateway::routes_file::from_tables(&doc.route, 0, origin).map_err(|e| {
+        routes_file::from_tables(&doc.route, 0, origin).map_err(|e| {
             let (field, message) = e.split_once(": ").unwrap_or(("route", e.as_str()));
             PolicyError {
                 origin: origin.into(),
@@ -748,7 +751,7 @@ fn line_of_key(text: &str, field: &str) -> Option<usize> {
 mod tests {
     use super::*;
 
-    const RSA_PUB: &str = include_str!("../../tests/fixtures/jwt/rsa_public.pem");
+    const RSA_PUB: &str = include_str!("../tests/fixtures/jwt/rsa_public.pem");
 
     fn ok(text: &str) -> PolicyDoc {
         parse_toml(text, "orders.toml", "orders").unwrap()
@@ -856,10 +859,9 @@ window = "60s"
 
     #[test]
     fn the_sample_in_deploy_is_valid() {
-        let doc = ok(include_str!("../../deploy/policies/orders.toml"));
+        let doc = ok(include_str!("../deploy/policies/orders.toml"));
         assert_eq!(doc.rbac.unwrap().rules.len(), 2);
-        let gateway =
-            parse_toml(include_str!("../../deploy/policies/gateway.toml"), "gateway.toml", "gateway").unwrap();
+        let gateway = parse_toml(include_str!("../deploy/policies/gateway.toml"), "gateway.toml", "gateway").unwrap();
         assert_eq!((gateway.route.len(), gateway.rate_limits.len(), gateway.topics.len()), (4, 1, 2));
     }
 
