@@ -10,11 +10,11 @@ use std::time::Duration;
 use clap::{Args, Parser};
 use serde::Deserialize;
 
-use crate::control::events::model::Retention;
 use crate::control::events::service::EventLimits;
 use crate::control::events::store::EventSettings;
 use crate::control::identity::ca::{CaConfig, RootSource};
 use crate::control::telemetry::{self, LogFormat};
+use crate::mesh::events::Retention;
 
 /// Command line of `redfire-control`.
 #[derive(Debug, Parser)]

@@ -2,7 +2,8 @@
 //! at-least-once delivery under leases, redelivery with delivery counts, dead
 //! letters, replay, and per-aggregate append with an expected version.
 //!
-//! - [`model`] — positions, the envelope, names, errors.
+//! - `crate::mesh::events` — positions, the envelope, names, errors (the
+//!   wire model, shared with the gateway's hub).
 //! - [`store`] — the [`store::EventStore`] trait, implemented by
 //!   [`memory`] (embedded default) and [`redis`] (Redis Streams + Lua).
 //! - [`subscription`] — one subscriber's delivery loop (bounded in-flight),
@@ -14,7 +15,6 @@
 pub mod client;
 pub mod memory;
 pub mod metrics;
-pub mod model;
 pub mod redis;
 pub mod service;
 pub mod store;

@@ -52,7 +52,7 @@ fn main() -> ExitCode {
 
 /// `redfire-control token create`: prints one bootstrap token on stdout.
 async fn create_token(config: Config, service: &str, namespace: &str, ttl: &str) -> ExitCode {
-    use redfire::control::registry::model::validate_service_name;
+    use redfire::mesh::registry::validate_service_name;
     let ttl = match humantime::parse_duration(ttl) {
         Ok(t) if !t.is_zero() => t,
         _ => {

@@ -7,7 +7,6 @@
 //! from the view, so they keep working while a remote store is unreachable.
 
 pub mod memory;
-pub mod model;
 pub mod redis;
 pub mod service;
 pub mod store;

@@ -6,5 +6,13 @@
 //! - [`policy`] — the policy language: a service's policy document (authz,
 //!   JWT, RBAC, WebSocket topics), gateway routes and rate-limit rules, each
 //!   with its validation.
+//! - [`registry`] — a service instance as registered and watched, health,
+//!   and the rules for service names.
+//! - [`events`] — the event bus's wire model: positions, the envelope,
+//!   topic and group names, errors and their gRPC codes.
+//! - [`identity`] — workload identities: the SPIFFE ID of a service.
 
+pub mod events;
+pub mod identity;
 pub mod policy;
+pub mod registry;

@@ -83,7 +83,7 @@ impl TryFrom<String> for TopicPattern {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
         let head = s.strip_suffix(".*").unwrap_or(&s);
-        if s == "*" || crate::control::events::model::validate_name("topic", head).is_ok() {
+        if s == "*" || crate::mesh::events::validate_name("topic", head).is_ok() {
             Ok(TopicPattern(s))
         } else {
             Err(format!("{s:?} is not a topic, a pattern like orders.* or *"))
@@ -655,7 +655,7 @@ pub fn parse_toml(text: &str, origin: &str, service: &str) -> Result<PolicyDoc, 
         field: Some(field.into()),
         message,
     };
-    crate::control::registry::model::validate_service_name(service).map_err(|e| fail("service", e))?;
+    crate::mesh::registry::validate_service_name(service).map_err(|e| fail("service", e))?;
     match &doc.service {
         Some(s) if s != service => {
             return Err(fail("service", format!("{s:?} does not match the service {service:?} it is loaded for")));

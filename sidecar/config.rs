@@ -13,8 +13,8 @@ use http::HeaderName;
 use serde::Deserialize;
 
 use crate::control::config::{ConfigError, addr, duration, err, log_settings, read_toml};
-use crate::control::registry::model::validate_service_name;
 use crate::control::telemetry::LogFormat;
+use crate::mesh::registry::validate_service_name;
 use crate::sidecar::health::{CheckKind, HealthCheckConfig};
 use crate::sidecar::outbound::balance::{Policy, ZonePreference};
 
@@ -721,7 +721,7 @@ fn gateway_config(s: &Settings) -> Result<GatewayConfig, ConfigError> {
         }
         let replica = s.gateway_ws_replica.clone().filter(|r| !r.is_empty());
         if let Some(r) = &replica {
-            crate::control::events::model::validate_name("replica", &format!("gateway-hub.{r}"))
+            crate::mesh::events::validate_name("replica", &format!("gateway-hub.{r}"))
                 .map_err(|e| err("gateway_ws_replica", e.to_string()))?;
         }
         Some(HubConfig {

@@ -16,8 +16,8 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
-use crate::control::identity::ca::spiffe_id;
-use crate::control::registry::model::{Health, Instance};
+use crate::mesh::identity::spiffe_id;
+use crate::mesh::registry::{Health, Instance};
 use crate::proto::registry::v1 as pb;
 use crate::proto::registry::v1::registry_client::RegistryClient;
 use crate::sidecar::config::{Balancing, Config};
@@ -311,6 +311,6 @@ fn domain(p: pb::Instance) -> Option<Instance> {
     let (lease_id, health) = (p.lease_id, p.health);
     let mut i = Instance::try_from(p).ok()?;
     i.lease_id = lease_id;
-    i.health = crate::control::registry::model::Health::from_proto(health).ok().flatten()?;
+    i.health = crate::mesh::registry::Health::from_proto(health).ok().flatten()?;
     Some(i)
 }

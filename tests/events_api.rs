@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use redfire::control::config::Settings;
 use redfire::control::events::client::{EventsClient, Subscribe};
-use redfire::control::events::model::CURRENT_VERSION_HEADER;
+use redfire::mesh::events::CURRENT_VERSION_HEADER;
 use redfire::proto::events::v1 as pb;
 use redfire::proto::events::v1::events_client::EventsClient as Raw;
 use tokio::sync::mpsc;

@@ -18,9 +18,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use redfire::control::events::model::{Envelope, NewEvent, Position};
 use redfire::control::events::redis::{RedisEventConfig, RedisEventStore};
 use redfire::control::events::store::{EventSettings, EventStore};
+use redfire::mesh::events::{Envelope, NewEvent, Position};
 
 /// A private redis-server with AOF on, in its own directory.
 struct AofRedis {

@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use redfire::control::events::memory::MemoryEventStore;
 use redfire::control::events::metrics::EventMetrics;
-use redfire::control::events::model::{Delivery, Envelope, EventError, NewEvent, Position, Retention, StartFrom};
 use redfire::control::events::redis::{RedisEventConfig, RedisEventStore};
 use redfire::control::events::store::{EventSettings, EventStore};
 use redfire::control::events::subscription::{SubscribeSpec, Subscription};
+use redfire::mesh::events::{Delivery, Envelope, EventError, NewEvent, Position, Retention, StartFrom};
 
 const VT: Duration = Duration::from_millis(600);
 

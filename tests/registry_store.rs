@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redfire::control::registry::memory::MemoryStore;
-use redfire::control::registry::model::{Health, Instance};
 use redfire::control::registry::redis::{RedisConfig, RedisStore};
 use redfire::control::registry::store::{RegistryStore, StoreError};
 use redfire::control::registry::view::{Broadcast, Change, DeleteReason, Start, View};
+use redfire::mesh::registry::{Health, Instance};
 
 fn inst(service: &str, id: &str) -> Instance {
     Instance::try_from(support::instance(service, id)).unwrap()

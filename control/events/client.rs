@@ -18,7 +18,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use tonic::transport::Channel;
 
-use super::model::Envelope;
+use crate::mesh::events::Envelope;
 use crate::proto::events::v1 as pb;
 use crate::proto::events::v1::events_client::EventsClient as Raw;
 

@@ -10,11 +10,11 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::model::{
+use super::store::{Changes, EventSettings, EventStore};
+use crate::mesh::events::{
     Delivery, Envelope, EventError, Fetched, GroupInfo, NewEvent, Position, Published, Retention, StartFrom, Stored,
     TopicInfo, dlq_topic,
 };
-use super::store::{Changes, EventSettings, EventStore};
 
 #[derive(Debug)]
 struct Pending {
@@ -48,7 +48,7 @@ impl Topic {
     }
 
     fn next_position(&mut self) -> Position {
-        let ms = super::model::unix_us() as u64 / 1000;
+        let ms = crate::mesh::events::unix_us() as u64 / 1000;
         self.last = if ms > self.last.ms { Position { ms, seq: 0 } } else { self.last.next() };
         self.last
     }
@@ -346,7 +346,7 @@ impl EventStore for MemoryEventStore {
                 e.aggregate_type = aggregate_type.to_string();
                 e.aggregate_version = current + 1 + i as u64;
                 agg.push(e.clone());
-                let ms = super::model::unix_us() as u64 / 1000;
+                let ms = crate::mesh::events::unix_us() as u64 / 1000;
                 *last = if ms > last.ms { Position { ms, seq: 0 } } else { last.next() };
                 stream.push_back(Stored { position: *last, envelope: e });
                 positions.push(*last);
@@ -410,7 +410,7 @@ impl EventStore for MemoryEventStore {
     }
 
     async fn trim(&self) -> Result<u64, EventError> {
-        let now_ms = super::model::unix_us() as u64 / 1000;
+        let now_ms = crate::mesh::events::unix_us() as u64 / 1000;
         let mut removed = 0;
         for t in self.lock().values_mut() {
             // Everything before `safe` is acked by every group.

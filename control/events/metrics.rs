@@ -11,7 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use super::model::TopicInfo;
+use crate::mesh::events::TopicInfo;
 
 /// A topic.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -98,7 +98,7 @@ impl EventMetrics {
         if delivery_count > 1 {
             self.redelivered.get_or_create(&labels).inc();
         } else {
-            let age_us = super::model::unix_us() - event_time_us;
+            let age_us = crate::mesh::events::unix_us() - event_time_us;
             if age_us >= 0 {
                 self.latency.get_or_create(&TopicLabels { topic: topic.into() }).observe(age_us as f64 / 1e6);
             }

@@ -27,11 +27,11 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Script, Value};
 use tokio::sync::watch;
 
-use super::model::{
+use super::store::{Changes, EventSettings, EventStore};
+use crate::mesh::events::{
     Delivery, Envelope, EventError, Fetched, GroupInfo, NewEvent, Position, Published, Retention, StartFrom, Stored,
     TopicInfo, dlq_topic,
 };
-use super::store::{Changes, EventSettings, EventStore};
 
 /// Settings of the Redis event store.
 #[derive(Debug, Clone)]

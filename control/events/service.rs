@@ -13,10 +13,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::metrics::EventMetrics;
-use super::model::{Envelope, EventError, NewEvent, Position, Retention, StartFrom, TopicInfo, validate_name};
 use super::store::EventStore;
 use super::subscription::{Handle, SubscribeSpec, Subscription};
 use crate::control::metrics::Metrics;
+use crate::mesh::events::{Envelope, EventError, NewEvent, Position, Retention, StartFrom, TopicInfo, validate_name};
 use crate::proto::events::v1 as pb;
 use crate::proto::events::v1::events_server::Events;
 
@@ -170,7 +170,7 @@ fn description(info: TopicInfo) -> pb::TopicDescription {
     }
 }
 
-fn delivery(d: super::model::Delivery) -> pb::SubscribeResponse {
+fn delivery(d: crate::mesh::events::Delivery) -> pb::SubscribeResponse {
     pb::SubscribeResponse {
         message: Some(pb::subscribe_response::Message::Delivery(pb::Delivery {
             topic: d.topic,

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::model::{
+use crate::mesh::events::{
     Envelope, EventError, Fetched, NewEvent, Position, Published, Retention, StartFrom, Stored, TopicInfo,
 };
 

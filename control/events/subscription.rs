@@ -17,8 +17,8 @@ use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
 use super::metrics::EventMetrics;
-use super::model::{Delivery, EventError, Position, StartFrom, validate_name};
 use super::store::EventStore;
+use crate::mesh::events::{Delivery, EventError, Position, StartFrom, validate_name};
 
 /// What a subscriber asks for.
 #[derive(Debug, Clone)]

@@ -94,11 +94,6 @@ impl std::fmt::Debug for Ca {
     }
 }
 
-/// `spiffe://<td>/ns/<namespace>/sa/<service>`.
-pub fn spiffe_id(trust_domain: &str, namespace: &str, service: &str) -> String {
-    format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service}")
-}
-
 impl Ca {
     /// Loads (or first creates) the root as configured.
     pub async fn load(config: CaConfig) -> Result<Ca, CaError> {

@@ -11,7 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use super::ca::{Ca, spiffe_id};
+use super::ca::Ca;
+use crate::mesh::identity::spiffe_id;
 
 const AUDIENCE: &str = "redfire-bootstrap";
 const ISSUER: &str = "redfire-control";

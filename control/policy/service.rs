@@ -42,7 +42,7 @@ fn to_pb(service: &str, s: Option<&Snapshot>) -> pb::PolicySnapshot {
 }
 
 fn validate(service: &str, toml: &str) -> Result<String, Status> {
-    crate::control::registry::model::validate_service_name(service).map_err(Status::invalid_argument)?;
+    crate::mesh::registry::validate_service_name(service).map_err(Status::invalid_argument)?;
     if toml.len() > MAX_DOC {
         return Err(Status::invalid_argument(format!("toml: over {MAX_DOC} bytes")));
     }
@@ -58,7 +58,7 @@ impl Policy for PolicyService {
 
     async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<WatchStream>, Status> {
         let service = req.into_inner().service;
-        crate::control::registry::model::validate_service_name(&service).map_err(Status::invalid_argument)?;
+        crate::mesh::registry::validate_service_name(&service).map_err(Status::invalid_argument)?;
         let mut rx = self.store.subscribe();
         let mut draining = self.draining.clone();
         let stream = async_stream(move |tx| async move {

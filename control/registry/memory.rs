@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::model::{Health, Instance};
 use super::store::{Abort, Registered, RegistryStore, Renewed, StoreError, new_lease_id, unix_ms};
 use super::view::{Change, DeleteReason, View, new_epoch};
+use crate::mesh::registry::{Health, Instance};
 
 #[derive(Debug)]
 struct Lease {
@@ -164,7 +164,7 @@ pub(crate) fn unknown_lease(lease_id: u64) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::registry::model::test_instance as inst;
+    use crate::mesh::registry::test_instance as inst;
 
     #[tokio::test(start_paused = true)]
     async fn lease_lapses_within_ttl_plus_one_sweep_and_renewal_keeps_it() {

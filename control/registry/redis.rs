@@ -31,9 +31,9 @@ use redis::{AsyncCommands, AsyncConnectionConfig, Client, Script, ScriptInvocati
 use tokio::sync::watch;
 
 use super::memory::unknown_lease;
-use super::model::{Health, Instance};
 use super::store::{Abort, Registered, RegistryStore, Renewed, StoreError, new_lease_id, unix_ms};
 use super::view::{Change, DeleteReason, View, new_epoch};
+use crate::mesh::registry::{Health, Instance};
 
 /// Settings of the Redis store.
 #[derive(Debug, Clone)]

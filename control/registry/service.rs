@@ -11,11 +11,11 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::model::{Health, Instance, validate_service_name};
 use super::store::{RegistryStore, StoreError};
 use super::view::is_epoch;
 use super::watch::{self, WatchSpec};
 use crate::control::metrics::Metrics;
+use crate::mesh::registry::{Health, Instance, validate_service_name};
 use crate::proto::registry::v1 as pb;
 use crate::proto::registry::v1::registry_server::Registry;
 

@@ -5,8 +5,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::model::{Health, Instance};
 use super::view::View;
+use crate::mesh::registry::{Health, Instance};
 
 /// A registry write failed.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]

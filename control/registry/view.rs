@@ -14,7 +14,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use tokio::sync::{broadcast, watch};
 
-use super::model::Instance;
+use crate::mesh::registry::Instance;
 
 /// How many broadcast messages a watcher may fall behind before it resyncs
 /// from the history (or gets a reset snapshot).
@@ -300,7 +300,7 @@ pub fn is_epoch(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::registry::model::test_instance as inst;
+    use crate::mesh::registry::test_instance as inst;
 
     #[test]
     fn resume_returns_exactly_the_missed_changes() {

@@ -28,8 +28,8 @@ use http::{HeaderName, HeaderValue, Method};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::control::registry::model::validate_service_name;
 use crate::mesh::policy::route::{HeaderEdits, PathMatch, Rewrite, Route, RouteTable, Segment, parse_pattern};
+use crate::mesh::registry::validate_service_name;
 
 /// A routes file could not be used; the message names file, line and field.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]

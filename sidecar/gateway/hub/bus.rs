@@ -35,7 +35,7 @@ use tonic::transport::Channel;
 
 use super::metrics::HubMetrics;
 use super::protocol;
-use crate::control::events::model::{Envelope, Position};
+use crate::mesh::events::{Envelope, Position};
 use crate::proto::events::v1 as pb;
 use crate::proto::events::v1::events_client::EventsClient;
 

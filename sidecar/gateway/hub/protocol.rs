@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::control::events::model::validate_name;
+use crate::mesh::events::validate_name;
 use crate::mesh::policy::TopicRule;
 
 /// Longest `id` echoed back.

@@ -7,7 +7,7 @@
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
-use crate::control::registry::model::{Health, Instance};
+use crate::mesh::registry::{Health, Instance};
 
 /// Where to dial an endpoint.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -82,7 +82,7 @@ impl Endpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::registry::model::Ports;
+    use crate::mesh::registry::Ports;
 
     fn instance(health: Health, grpc: Option<u16>) -> Instance {
         Instance {

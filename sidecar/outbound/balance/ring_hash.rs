@@ -15,7 +15,7 @@ use super::hash::{hash, hash_nth};
 use super::least_request::LeastRequest;
 use super::load::EndpointLoad;
 use super::{EndpointIdx, Member, PickContext};
-use crate::control::registry::model::DEFAULT_WEIGHT;
+use crate::mesh::registry::DEFAULT_WEIGHT;
 
 /// Points for an endpoint of the reference weight: its share of the keys
 /// then stays within about ±20 % of fair (the spread shrinks as 1/√points).
