@@ -3,20 +3,18 @@
 //! `/admin/policy` (policies in force with versions, and policy files that
 //! failed to load).
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::control::metrics::Metrics;
 use crate::control::registry::view::View;
-use crate::control::shutdown::Drain;
+use crate::mesh::process::admin_http::serve_http1;
+use crate::mesh::process::shutdown::Drain;
 
 /// What the admin endpoints read.
 pub struct Admin {
@@ -113,39 +111,4 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 /// Serves the admin port until `stop` resolves.
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>, stop: impl std::future::Future<Output = ()>) {
     serve_http1(listener, move |req| admin.handle(req), stop).await
-}
-
-/// An HTTP/1.1 accept loop for admin ports: `handle` answers each request
-/// (no I/O of its own), header reads time out after 10 s, `stop` ends it.
-pub async fn serve_http1<F>(listener: TcpListener, handle: F, stop: impl std::future::Future<Output = ()>)
-where
-    F: Fn(&Request<Incoming>) -> Response<Full<Bytes>> + Send + Sync + 'static,
-{
-    let handle = Arc::new(handle);
-    tokio::pin!(stop);
-    loop {
-        let (stream, _) = tokio::select! {
-            _ = &mut stop => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let handle = handle.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let r = handle(&req);
-                async move { Ok::<_, Infallible>(r) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), svc);
-            let _ = conn.await;
-        });
-    }
 }

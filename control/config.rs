@@ -13,8 +13,9 @@ use serde::Deserialize;
 use crate::control::events::service::EventLimits;
 use crate::control::events::store::EventSettings;
 use crate::control::identity::ca::{CaConfig, RootSource};
-use crate::control::telemetry::{self, LogFormat};
 use crate::mesh::events::Retention;
+use crate::mesh::process::settings::{ConfigError, addr, duration, err, log_settings, read_toml};
+use crate::mesh::process::telemetry::LogFormat;
 
 /// Command line of `redfire-control`.
 #[derive(Debug, Parser)]
@@ -234,21 +235,6 @@ impl Default for Config {
     }
 }
 
-/// One invalid setting.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid config: {key}: {message}")]
-pub struct ConfigError {
-    /// The setting's name (file key; the flag is `--key-with-dashes`).
-    pub key: String,
-    /// What is wrong.
-    pub message: String,
-}
-
-/// A [`ConfigError`] for `key`.
-pub fn err(key: &str, message: impl Into<String>) -> ConfigError {
-    ConfigError { key: key.into(), message: message.into() }
-}
-
 impl Settings {
     /// `self` where given, else `other`.
     pub fn or(self, other: Settings) -> Settings {
@@ -296,40 +282,6 @@ impl Settings {
     pub fn from_file(path: &Path) -> Result<Settings, ConfigError> {
         read_toml(path)
     }
-}
-
-/// Reads a TOML settings file; errors name the file, line and field.
-pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| err("config", format!("{}: {e}", path.display())))?;
-    toml::from_str(&text).map_err(|e| {
-        let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-        let at = line.map(|l| format!(" line {l}:")).unwrap_or_default();
-        err("config", format!("{}:{at} {}", path.display(), e.message().replace('\n', " ")))
-    })
-}
-
-/// Parses `log_format` (human, json) and `log_level` (an `EnvFilter`).
-pub fn log_settings(format: Option<String>, level: Option<String>) -> Result<(LogFormat, String), ConfigError> {
-    let format = match format.as_deref().unwrap_or("human") {
-        "human" => LogFormat::Human,
-        "json" => LogFormat::Json,
-        other => return Err(err("log_format", format!("{other:?} is not one of human, json"))),
-    };
-    let level = level.unwrap_or_else(|| "info".into());
-    telemetry::valid_level(&level).map_err(|e| err("log_level", format!("{level:?}: {e}")))?;
-    Ok((format, level))
-}
-
-/// Parses a duration setting (`500ms`, `10s`), or `default`.
-pub fn duration(key: &str, v: Option<String>, default: &str) -> Result<Duration, ConfigError> {
-    let s = v.unwrap_or_else(|| default.into());
-    humantime::parse_duration(&s).map_err(|e| err(key, format!("{s:?} is not a duration like 500ms or 10s ({e})")))
-}
-
-/// Parses a socket address setting, or `default`.
-pub fn addr(key: &str, v: Option<String>, default: &str) -> Result<SocketAddr, ConfigError> {
-    let s = v.unwrap_or_else(|| default.into());
-    s.parse().map_err(|_| err(key, format!("{s:?} is not a socket address like 127.0.0.1:15010")))
 }
 
 impl Config {

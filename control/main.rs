@@ -6,7 +6,7 @@ use redfire::control::config::{Command, Config, TokenCommand};
 use redfire::control::identity::ca::Ca;
 use redfire::control::identity::token;
 use redfire::control::server::{Control, ServerError};
-use redfire::control::{shutdown, telemetry};
+use redfire::mesh::process::{shutdown, telemetry};
 
 fn main() -> ExitCode {
     let (config, command) = match Config::load() {

@@ -10,5 +10,3 @@ pub mod metrics;
 pub mod policy;
 pub mod registry;
 pub mod server;
-pub mod shutdown;
-pub mod telemetry;

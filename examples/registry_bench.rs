@@ -52,7 +52,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use redfire::control::config::{Config, Settings};
 use redfire::control::server::Control;
-use redfire::control::{shutdown, telemetry};
+use redfire::mesh::process::{shutdown, telemetry};
 use redfire::proto::registry::v1 as pb;
 use redfire::proto::registry::v1::registry_client::RegistryClient;
 use tokio::io::{AsyncBufReadExt, BufReader};

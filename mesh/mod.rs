@@ -11,8 +11,11 @@
 //! - [`events`] — the event bus's wire model: positions, the envelope,
 //!   topic and group names, errors and their gRPC codes.
 //! - [`identity`] — workload identities: the SPIFFE ID of a service.
+//! - [`process`] — what every binary shares: settings parsing, telemetry,
+//!   the drain primitive and the admin HTTP loop.
 
 pub mod events;
 pub mod identity;
 pub mod policy;
+pub mod process;
 pub mod registry;

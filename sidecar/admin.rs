@@ -204,5 +204,5 @@ fn text(status: StatusCode, body: String, content_type: &'static str) -> Respons
 
 /// Serves the admin port until `stop` resolves.
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>, stop: impl std::future::Future<Output = ()>) {
-    crate::control::admin::serve_http1(listener, move |req| admin.handle(req), stop).await
+    crate::mesh::process::admin_http::serve_http1(listener, move |req| admin.handle(req), stop).await
 }

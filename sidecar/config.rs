@@ -12,8 +12,8 @@ use clap::{Args, Parser};
 use http::HeaderName;
 use serde::Deserialize;
 
-use crate::control::config::{ConfigError, addr, duration, err, log_settings, read_toml};
-use crate::control::telemetry::LogFormat;
+use crate::mesh::process::settings::{ConfigError, addr, duration, err, log_settings, read_toml};
+use crate::mesh::process::telemetry::LogFormat;
 use crate::mesh::registry::validate_service_name;
 use crate::sidecar::health::{CheckKind, HealthCheckConfig};
 use crate::sidecar::outbound::balance::{Policy, ZonePreference};

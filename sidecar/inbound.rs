@@ -25,7 +25,7 @@ use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
-use crate::control::shutdown::Drain;
+use crate::mesh::process::shutdown::Drain;
 use crate::sidecar::Body;
 use crate::sidecar::body::NonEmpty;
 use crate::sidecar::config::AppProtocol;

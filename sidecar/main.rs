@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use redfire::control::{shutdown, telemetry};
+use redfire::mesh::process::{shutdown, telemetry};
 use redfire::sidecar::config::Config;
 use redfire::sidecar::server::Sidecar;
 

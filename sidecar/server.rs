@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tonic::transport::Endpoint as GrpcEndpoint;
 
-use crate::control::shutdown::Drain;
+use crate::mesh::process::shutdown::Drain;
 use crate::proto::registry::v1 as pb;
 use crate::proto::registry::v1::registry_client::RegistryClient;
 use crate::sidecar::admin::{self, Admin};

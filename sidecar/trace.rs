@@ -1,7 +1,7 @@
 //! W3C trace context across the sidecar: one span per hop.
 //!
 //! With OTLP export on (`OTEL_EXPORTER_OTLP_ENDPOINT` set, see
-//! [`crate::control::telemetry`]), each request gets a span per direction:
+//! [`crate::mesh::process::telemetry`]), each request gets a span per direction:
 //! `outbound` (kind client) and `inbound` (kind server), a child of the
 //! caller's `traceparent` when it sent one (else a new trace), and the
 //! request leaves with a `traceparent` naming that span as the parent. So a

@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, Full};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use opentelemetry_proto::tonic::trace::v1::Span;
-use redfire::control::telemetry::{self, LogFormat};
+use redfire::mesh::process::telemetry::{self, LogFormat};
 use support::mesh::*;
 
 #[derive(Clone, Default)]

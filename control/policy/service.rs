@@ -7,8 +7,8 @@ use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use super::store::{PolicyStore, Snapshot};
-use crate::control::shutdown::Drain;
 use crate::mesh::policy::parse_toml;
+use crate::mesh::process::shutdown::Drain;
 use crate::proto::policy::v1 as pb;
 use crate::proto::policy::v1::policy_server::Policy;
 

@@ -40,7 +40,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
-use crate::control::shutdown::Drain;
+use crate::mesh::process::shutdown::Drain;
 use crate::sidecar::Body;
 use crate::sidecar::config::HubConfig;
 use crate::sidecar::gateway::forward::json_error;

@@ -34,7 +34,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::control::shutdown::Drain;
+use crate::mesh::process::shutdown::Drain;
 use crate::sidecar::config::GatewayConfig;
 use crate::sidecar::gateway::forward::{Client, Gateway};
 use crate::sidecar::gateway::metrics::Reason;

@@ -1,0 +1,10 @@
+//! What every RedFire process does the same way, control and sidecar alike:
+//! - [`settings`] — config errors naming the key, and the common parsers;
+//! - [`telemetry`] — logs (human or JSON) and OTLP trace export;
+//! - [`shutdown`] — the one drain primitive and the signal that starts it;
+//! - [`admin_http`] — the accept loop of the admin ports.
+
+pub mod admin_http;
+pub mod settings;
+pub mod shutdown;
+pub mod telemetry;
