@@ -9,4 +9,5 @@
 pub mod files;
 pub mod redis;
 pub mod service;
+pub mod snapshot;
 pub mod store;

@@ -8,17 +8,17 @@
 //!
 //! Set and delete are Lua scripts, so a document and its version change
 //! together; an unchanged document keeps its version. Every replica polls
-//! `rev` ([`POLL`]) and reloads both hashes when it moved; while Redis is
+//! `rev` ([`POLL`], the poller is the store's) and reloads both hashes when it moved; while Redis is
 //! unreachable the last map stays in force.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Script};
 
-use super::store::{PolicyStore, Snapshot, StoreUnavailable};
+use super::snapshot::{Snapshot, StoreUnavailable};
 
 /// How often a replica checks Redis for policy changes.
 pub const POLL: Duration = Duration::from_millis(250);
@@ -47,7 +47,6 @@ pub struct RedisPolicies {
     timeout: Duration,
     set: Script,
     delete: Script,
-    poller: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl RedisPolicies {
@@ -67,7 +66,6 @@ impl RedisPolicies {
             timeout,
             set: Script::new(SET),
             delete: Script::new(DELETE),
-            poller: Mutex::new(None),
         })
     }
 
@@ -95,7 +93,7 @@ impl RedisPolicies {
         self.run::<u64>(&self.delete, &[service]).await.map(|n| n > 0)
     }
 
-    async fn rev(&self) -> Result<u64, StoreUnavailable> {
+    pub(crate) async fn rev(&self) -> Result<u64, StoreUnavailable> {
         let mut conn = self.conn.clone();
         let mut cmd = redis::cmd("GET");
         cmd.arg(&self.keys[0]);
@@ -125,46 +123,5 @@ impl RedisPolicies {
             all.insert(service, Arc::new(snap));
         }
         Ok(all)
-    }
-
-    pub(crate) fn spawn_poller(&self, store: Weak<PolicyStore>) {
-        let task = tokio::spawn(async move {
-            let mut seen = None;
-            let mut down = false;
-            loop {
-                let Some(store) = store.upgrade() else { return };
-                let result = match &store.backend_redis() {
-                    Some(r) => match r.rev().await {
-                        Ok(rev) if Some(rev) == seen => Ok(()),
-                        Ok(rev) => r.load_all().await.map(|all| {
-                            store.install(all);
-                            seen = Some(rev);
-                        }),
-                        Err(e) => Err(e),
-                    },
-                    None => return,
-                };
-                match result {
-                    Ok(()) if down => {
-                        tracing::info!("policy store: Redis reachable again");
-                        down = false;
-                    }
-                    Err(e) if !down => {
-                        tracing::warn!(error = %e, "policy store: Redis unreachable; the last policies stay in force");
-                        down = true;
-                    }
-                    _ => {}
-                }
-                drop(store);
-                tokio::time::sleep(POLL).await;
-            }
-        });
-        *self.poller.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
-    }
-
-    pub(crate) fn close(&self) {
-        if let Some(t) = self.poller.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            t.abort();
-        }
     }
 }

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
-use super::store::{PolicyStore, Snapshot};
+use super::snapshot::Snapshot;
+use super::store::PolicyStore;
 use crate::mesh::policy::parse_toml;
 use crate::mesh::process::shutdown::Drain;
 use crate::proto::policy::v1 as pb;

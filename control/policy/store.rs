@@ -9,32 +9,12 @@
 //! its version (replicas loading the same files do not fight).
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use tokio::sync::watch;
 
-use super::redis::RedisPolicies;
-
-/// One service's policy at one version.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Snapshot {
-    /// The service.
-    pub service: String,
-    /// Version (never reused for a service; 0 = no policy).
-    pub version: u64,
-    /// The validated document as JSON.
-    pub document_json: String,
-    /// `file:<path>` or `api`.
-    pub source: String,
-}
-
-/// Every service's policy.
-pub type Policies = Arc<BTreeMap<String, Arc<Snapshot>>>;
-
-/// A store operation failed.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("policy store unavailable: {0}")]
-pub struct StoreUnavailable(pub String);
+use super::redis::{POLL, RedisPolicies};
+use super::snapshot::{Policies, Snapshot, StoreUnavailable};
 
 /// See the module docs.
 #[derive(Debug)]
@@ -43,6 +23,8 @@ pub struct PolicyStore {
     backend: Backend,
     /// Policy files that failed to load, by path: the error.
     errors: Mutex<BTreeMap<String, String>>,
+    /// With Redis: the revision poller.
+    poller: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 #[derive(Debug)]
@@ -58,6 +40,7 @@ impl PolicyStore {
             tx: watch::channel(Arc::default()).0,
             backend: Backend::Memory(Mutex::new(0)),
             errors: Mutex::default(),
+            poller: Mutex::default(),
         })
     }
 
@@ -68,10 +51,10 @@ impl PolicyStore {
             tx: watch::channel(Arc::default()).0,
             backend: Backend::Redis(redis),
             errors: Mutex::default(),
+            poller: Mutex::default(),
         });
-        if let Backend::Redis(r) = &store.backend {
-            r.spawn_poller(Arc::downgrade(&store));
-        }
+        let task = tokio::spawn(poll(Arc::downgrade(&store)));
+        *store.poller.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
         Ok(store)
     }
 
@@ -183,7 +166,7 @@ impl PolicyStore {
         self.errors.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    pub(crate) fn backend_redis(&self) -> Option<&RedisPolicies> {
+    fn backend_redis(&self) -> Option<&RedisPolicies> {
         match &self.backend {
             Backend::Redis(r) => Some(r),
             Backend::Memory(_) => None,
@@ -192,9 +175,44 @@ impl PolicyStore {
 
     /// Stops background work.
     pub fn close(&self) {
-        if let Backend::Redis(r) = &self.backend {
-            r.close();
+        if let Some(t) = self.poller.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            t.abort();
         }
+    }
+}
+
+/// With Redis: checks the revision every [`POLL`] and reloads the map when it
+/// moved; while Redis is unreachable the last map stays in force. Ends when
+/// the store is dropped.
+async fn poll(store: Weak<PolicyStore>) {
+    let mut seen = None;
+    let mut down = false;
+    loop {
+        let Some(store) = store.upgrade() else { return };
+        let result = match &store.backend_redis() {
+            Some(r) => match r.rev().await {
+                Ok(rev) if Some(rev) == seen => Ok(()),
+                Ok(rev) => r.load_all().await.map(|all| {
+                    store.install(all);
+                    seen = Some(rev);
+                }),
+                Err(e) => Err(e),
+            },
+            None => return,
+        };
+        match result {
+            Ok(()) if down => {
+                tracing::info!("policy store: Redis reachable again");
+                down = false;
+            }
+            Err(e) if !down => {
+                tracing::warn!(error = %e, "policy store: Redis unreachable; the last policies stay in force");
+                down = true;
+            }
+            _ => {}
+        }
+        drop(store);
+        tokio::time::sleep(POLL).await;
     }
 }
 
