@@ -34,10 +34,11 @@ use http::request::Parts;
 use http::{HeaderName, HeaderValue, Uri};
 use tokio::sync::watch;
 
+use crate::mesh::policy::PolicyDoc;
 use crate::mesh::policy::ratelimit::from_policy_tables;
 use crate::mesh::policy::route::RouteTable;
 use crate::mesh::policy::routes_file;
-use crate::mesh::policy::{PolicyDoc, TopicRule};
+use crate::mesh::policy::topics::TopicRule;
 use crate::proto::policy::v1 as pb;
 use crate::proto::policy::v1::policy_client::PolicyClient;
 use crate::sidecar::errors::ProxyError;

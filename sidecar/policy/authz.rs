@@ -2,7 +2,8 @@
 //! paths of this service. Pure: the caller's SPIFFE ID comes from the mTLS
 //! handshake, the path is already normalised.
 
-use crate::mesh::policy::{AuthzPolicy, Decision};
+use crate::mesh::policy::Decision;
+use crate::mesh::policy::authz::AuthzPolicy;
 use crate::sidecar::policy::path;
 
 /// A compiled [`AuthzPolicy`].

@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 
 use super::jwks::{Jwks, JwksRegistry, REFETCH_EVERY, Source};
 use super::path;
-use crate::mesh::policy::{JwtPolicy, TokenSource};
+use crate::mesh::policy::jwt::{JwtPolicy, TokenSource};
 
 /// Largest token accepted, in bytes.
 pub const MAX_TOKEN: usize = 8 * 1024;

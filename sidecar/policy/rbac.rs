@@ -4,7 +4,8 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::mesh::policy::{Decision, RbacPolicy};
+use crate::mesh::policy::Decision;
+use crate::mesh::policy::rbac::RbacPolicy;
 use crate::sidecar::policy::path;
 
 /// A compiled [`RbacPolicy`].

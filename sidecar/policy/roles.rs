@@ -11,7 +11,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::time::Instant;
 
-use crate::mesh::policy::RbacRedis;
+use crate::mesh::policy::rbac::RbacRedis;
 
 /// Longest wait for Redis on the request path.
 pub const LOOKUP_TIMEOUT: Duration = Duration::from_millis(200);

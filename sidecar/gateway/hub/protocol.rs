@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::mesh::events::validate_name;
-use crate::mesh::policy::TopicRule;
+use crate::mesh::policy::topics::TopicRule;
 
 /// Longest `id` echoed back.
 const MAX_ID: usize = 128;
@@ -157,7 +157,7 @@ pub fn allowed(rules: &[TopicRule], topic: &str, action: Action, roles: &[String
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mesh::policy::TopicPattern;
+    use crate::mesh::policy::topics::TopicPattern;
 
     fn rule(name: &str, subscribe: &[&str], publish: &[&str]) -> TopicRule {
         TopicRule {
