@@ -13,9 +13,9 @@ use hyper::body::Incoming;
 use tokio::net::TcpListener;
 
 use crate::sidecar::config::Config;
-use crate::sidecar::discovery::Discovery;
-use crate::sidecar::health::AppHealth;
-use crate::sidecar::identity::CredentialsRx;
+use crate::sidecar::control_client::discovery::Discovery;
+use crate::sidecar::control_client::identity::CredentialsRx;
+use crate::sidecar::inbound::app_health::AppHealth;
 use crate::sidecar::metrics::{Metrics, UpstreamState};
 
 /// What the admin endpoints read.

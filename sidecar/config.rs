@@ -22,7 +22,7 @@ use serde::Deserialize;
 use crate::mesh::process::settings::{ConfigError, addr, duration, err, log_settings, read_toml};
 use crate::mesh::process::telemetry::LogFormat;
 use crate::mesh::registry::validate_service_name;
-use crate::sidecar::health::{CheckKind, HealthCheckConfig};
+use crate::sidecar::inbound::app_health::{CheckKind, HealthCheckConfig};
 use crate::sidecar::outbound::balance::{Policy, ZonePreference};
 
 /// Command line of `redfire-sidecar`.

@@ -7,6 +7,8 @@
 //! (any copy the caller sent is replaced). Requests that entered the mesh as
 //! HTTP/1.1 reach an HTTP/1.1 app as HTTP/1.1; bodies stream both ways.
 
+pub mod app_health;
+
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,15 +29,15 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::mesh::process::shutdown::Drain;
 use crate::sidecar::Body;
-use crate::sidecar::body::NonEmpty;
 use crate::sidecar::config::AppProtocol;
-use crate::sidecar::errors::ProxyError;
 use crate::sidecar::metrics::Metrics;
 use crate::sidecar::outbound::pool::{CONNECTION_WINDOW, Redial, STREAM_WINDOW, handshake};
 use crate::sidecar::outbound::proxy::{HTTP1_MARK, strip_hop_by_hop};
 use crate::sidecar::policy::Policy;
+use crate::sidecar::shared::body::NonEmpty;
+use crate::sidecar::shared::errors::ProxyError;
+use crate::sidecar::shared::{trace, upgrade};
 use crate::sidecar::transport::tls::peer_spiffe_id;
-use crate::sidecar::{trace, upgrade};
 
 /// Header carrying the caller's SPIFFE ID to the app.
 pub const PEER_IDENTITY: &str = "x-redfire-peer-identity";

@@ -35,7 +35,7 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async {
         let telemetry = telemetry::init("redfire-sidecar", config.log_format, &config.log_level);
-        redfire::sidecar::trace::enable(telemetry.exporting());
+        redfire::sidecar::shared::trace::enable(telemetry.exporting());
         let sidecar = match Sidecar::start(config).await {
             Ok(s) => s,
             Err(e) => {

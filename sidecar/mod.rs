@@ -16,36 +16,17 @@
 //! - [`gateway`] — gateway mode: the external ingress with its route table.
 
 pub mod admin;
-pub mod body;
 pub mod config;
-pub mod discovery;
-pub mod errors;
+pub mod control_client;
 pub mod gateway;
-pub mod health;
-pub mod identity;
 pub mod inbound;
 pub mod metrics;
 pub mod outbound;
 pub mod policy;
 pub mod ratelimit;
-pub mod registration;
 pub mod server;
-pub mod trace;
+pub mod shared;
 pub mod transport;
-pub mod upgrade;
-
-/// A lazily connected channel to control for a long-lived watch stream
-/// (discovery, policy, the gateway hub's event streams): 2 s to connect, no
-/// Nagle delay, HTTP/2 keep-alive so a dead control is noticed within ~15 s.
-pub fn control_channel(addr: &str) -> Result<tonic::transport::Channel, String> {
-    Ok(tonic::transport::Endpoint::from_shared(addr.to_string())
-        .map_err(|e| format!("control_addr: {e}"))?
-        .connect_timeout(std::time::Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(std::time::Duration::from_secs(10))
-        .keep_alive_timeout(std::time::Duration::from_secs(5))
-        .connect_lazy())
-}
 
 /// True for gRPC and gRPC-Web requests and responses
 /// (`content-type: application/grpc[-web][+proto|...]`).

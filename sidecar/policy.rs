@@ -41,9 +41,9 @@ use crate::mesh::policy::routes_file;
 use crate::mesh::policy::topics::TopicRule;
 use crate::proto::policy::v1 as pb;
 use crate::proto::policy::v1::policy_client::PolicyClient;
-use crate::sidecar::errors::ProxyError;
 use crate::sidecar::metrics::Metrics;
 use crate::sidecar::ratelimit::{RateLimitMetrics, RateLimiter, RedisBackend, RequestFacts};
+use crate::sidecar::shared::errors::ProxyError;
 use authz::Authz;
 use jwks::JwksRegistry;
 use jwt::JwtAuth;
@@ -309,7 +309,7 @@ impl Policy {
         metrics: Arc<Metrics>,
         limits: Limits,
     ) -> Result<(Arc<Policy>, tokio::task::JoinHandle<()>), String> {
-        let channel = crate::sidecar::control_channel(control)?;
+        let channel = crate::sidecar::control_client::channel(control)?;
         let (synced_tx, synced) = watch::channel(false);
         let p = Arc::new(Policy {
             service: service.into(),

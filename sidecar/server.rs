@@ -26,18 +26,18 @@ use crate::proto::registry::v1 as pb;
 use crate::proto::registry::v1::registry_client::RegistryClient;
 use crate::sidecar::admin::{self, Admin};
 use crate::sidecar::config::{Config, Mode};
-use crate::sidecar::discovery::Discovery;
+use crate::sidecar::control_client::discovery::Discovery;
+use crate::sidecar::control_client::identity::{self, CredentialsRx, IdentityConfig};
+use crate::sidecar::control_client::registration;
 use crate::sidecar::gateway::hub::{Hub, metrics::HubMetrics};
 use crate::sidecar::gateway::{self, cors::Cors, forward::Gateway, metrics::GatewayMetrics};
-use crate::sidecar::health::{self, AppHealth};
-use crate::sidecar::identity::{self, CredentialsRx, IdentityConfig};
 use crate::sidecar::inbound::Inbound;
+use crate::sidecar::inbound::app_health::{self as health, AppHealth};
 use crate::sidecar::metrics::Metrics;
 use crate::sidecar::outbound::pool::{CONNECTION_WINDOW, Pool, STREAM_WINDOW};
 use crate::sidecar::outbound::proxy::Outbound;
 use crate::sidecar::policy::{self, Policy};
 use crate::sidecar::ratelimit::{RateLimitMetrics, RedisBackend};
-use crate::sidecar::registration;
 use crate::sidecar::transport::tls::server_config;
 
 /// The sidecar failed to start.

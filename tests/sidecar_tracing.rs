@@ -52,11 +52,11 @@ async fn traceparent_continues_through_one_span_per_hop_exported_over_otlp() {
     let guard = telemetry::init_with(
         "redfire-sidecar",
         LogFormat::Human,
-        "warn,redfire::sidecar::trace=info",
+        "warn,redfire::sidecar::shared::trace=info",
         Some(format!("http://{addr}")),
     );
     assert!(guard.exporting());
-    redfire::sidecar::trace::enable(true);
+    redfire::sidecar::shared::trace::enable(true);
 
     let app = echo_app(false).await;
     let m = mesh(app, "h2c", None).await;

@@ -24,7 +24,6 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
 use crate::sidecar::Body;
-use crate::sidecar::errors::ProxyError;
 use crate::sidecar::gateway::Routes;
 use crate::sidecar::gateway::cors::Cors;
 use crate::sidecar::gateway::grpc_web;
@@ -35,6 +34,7 @@ use crate::sidecar::outbound::proxy::{Outbound, Target};
 use crate::sidecar::outbound::retry::RetryPolicy;
 use crate::sidecar::policy::{Policy, Refused, path};
 use crate::sidecar::ratelimit::key;
+use crate::sidecar::shared::errors::ProxyError;
 
 /// Request id header, set when the client sent none.
 pub const REQUEST_ID: &str = "x-request-id";

@@ -45,7 +45,7 @@ use crate::sidecar::Body;
 use crate::sidecar::config::HubConfig;
 use crate::sidecar::gateway::forward::json_error;
 use crate::sidecar::policy::Policy;
-use crate::sidecar::upgrade::has_token;
+use crate::sidecar::shared::upgrade::has_token;
 use bus::Bus;
 use metrics::HubMetrics;
 

@@ -19,17 +19,18 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::sidecar::Body;
-use crate::sidecar::body::NonEmpty;
-use crate::sidecar::discovery::Discovery;
-use crate::sidecar::discovery::Upstream;
-use crate::sidecar::errors::ProxyError;
+use crate::sidecar::control_client::discovery::Discovery;
+use crate::sidecar::control_client::discovery::Upstream;
+use crate::sidecar::is_grpc;
 use crate::sidecar::metrics::Metrics;
 use crate::sidecar::outbound::balance::{EndpointIdx, Feedback, PickContext};
 use crate::sidecar::outbound::breaker::InFlight;
 use crate::sidecar::outbound::pool::Pool;
 use crate::sidecar::outbound::replay::{Replay, ReplayBody};
 use crate::sidecar::outbound::retry::{Backoff, Decision, Outcome, RetryPolicy, RetryRequest};
-use crate::sidecar::{is_grpc, trace, upgrade};
+use crate::sidecar::shared::body::NonEmpty;
+use crate::sidecar::shared::errors::ProxyError;
+use crate::sidecar::shared::{trace, upgrade};
 
 /// Marks a request that entered the mesh as HTTP/1.1, so the inbound side
 /// hands it to the app as HTTP/1.1 again.

@@ -121,7 +121,7 @@ impl Discovery {
     /// Starts watching control at `config.control_addr`, balancing each
     /// service as `config` says.
     pub fn spawn(config: &Config) -> Result<(Arc<Discovery>, tokio::task::JoinHandle<()>), String> {
-        let channel = crate::sidecar::control_channel(&config.control_addr)?;
+        let channel = crate::sidecar::control_client::channel(&config.control_addr)?;
         let (synced_tx, synced) = watch::channel(false);
         let (connected_tx, connected) = watch::channel(false);
         let d = Arc::new(Discovery {
