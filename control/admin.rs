@@ -55,7 +55,10 @@ impl Admin {
                 Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
             },
             "/metrics" => {
-                let body = self.metrics.render(&self.view, (self.store_ready)().is_ok());
+                let snap = self.view.snapshot();
+                let services = snap.instances.iter().map(|i| i.service.as_str());
+                let body =
+                    self.metrics.render(services, self.view.watchers(), snap.revision, (self.store_ready)().is_ok());
                 let mut r = text(StatusCode::OK, body);
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,

@@ -14,7 +14,6 @@
 
 pub mod client;
 pub mod memory;
-pub mod metrics;
 pub mod redis;
 pub mod service;
 pub mod store;

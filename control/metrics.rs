@@ -13,8 +13,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::control::events::metrics::EventMetrics;
-use crate::control::registry::view::View;
+pub mod events;
+
+use self::events::EventMetrics;
 
 /// Labels of per-RPC metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -120,15 +121,22 @@ impl Metrics {
         self.store_errors.get_or_create(&StoreErrorLabels { op, kind }).inc();
     }
 
-    /// Prometheus text, with the registry gauges refreshed from `view`.
-    pub fn render(&self, view: &View, store_up: bool) -> String {
-        let snap = view.snapshot();
+    /// Prometheus text, with the registry gauges refreshed from what the
+    /// view holds at scrape time: the service of every registered instance
+    /// (one item per instance), open Watch streams and the revision.
+    pub fn render<'a>(
+        &self,
+        instance_services: impl IntoIterator<Item = &'a str>,
+        watchers: usize,
+        revision: u64,
+        store_up: bool,
+    ) -> String {
         self.instances.clear();
-        for i in &snap.instances {
-            self.instances.get_or_create(&ServiceLabels { service: i.service.clone() }).inc();
+        for service in instance_services {
+            self.instances.get_or_create(&ServiceLabels { service: service.to_string() }).inc();
         }
-        self.watchers.set(view.watchers() as i64);
-        self.revision.set(snap.revision as i64);
+        self.watchers.set(watchers as i64);
+        self.revision.set(revision as i64);
         self.store_up.set(i64::from(store_up));
         let mut out = String::new();
         // Writing into a String cannot fail.

@@ -13,10 +13,10 @@ use hyper::body::Incoming;
 use tokio::net::TcpListener;
 
 use crate::sidecar::config::Config;
-use crate::sidecar::control_client::discovery::Discovery;
-use crate::sidecar::control_client::identity::CredentialsRx;
 use crate::sidecar::inbound::app_health::AppHealth;
 use crate::sidecar::metrics::{Metrics, UpstreamState};
+use crate::sidecar::outbound::upstreams::Upstreams;
+use crate::sidecar::transport::credentials::CredentialsRx;
 
 /// What the admin endpoints read.
 #[derive(Debug)]
@@ -26,7 +26,7 @@ pub struct Admin {
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Discovery.
-    pub discovery: Arc<Discovery>,
+    pub discovery: Arc<Upstreams>,
     /// Workload credentials.
     pub creds: CredentialsRx,
     /// The app's health from its health checks (always serving without).

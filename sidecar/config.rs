@@ -22,8 +22,9 @@ use serde::Deserialize;
 use crate::mesh::process::settings::{ConfigError, addr, duration, err, log_settings, read_toml};
 use crate::mesh::process::telemetry::LogFormat;
 use crate::mesh::registry::validate_service_name;
+use crate::sidecar::inbound::AppProtocol;
 use crate::sidecar::inbound::app_health::{CheckKind, HealthCheckConfig};
-use crate::sidecar::outbound::balance::{Policy, ZonePreference};
+use crate::sidecar::outbound::balance::{Balancing, Policy, ZonePreference};
 
 /// Command line of `redfire-sidecar`.
 #[derive(Debug, Parser)]
@@ -218,26 +219,6 @@ pub struct Settings {
     /// Log filter [default: info]
     #[arg(long, env = "REDFIRE_LOG_LEVEL")]
     pub log_level: Option<String>,
-}
-
-/// What the app behind the sidecar speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AppProtocol {
-    /// HTTP/2 without TLS (gRPC servers).
-    H2c,
-    /// HTTP/1.1.
-    Http1,
-}
-
-/// How requests to one upstream service are balanced.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Balancing {
-    /// The policy.
-    pub policy: Policy,
-    /// For [`Policy::RingHash`] and [`Policy::Maglev`]: the request header
-    /// whose value is the hash key. A request without it is balanced by
-    /// least request (power of two random choices) instead.
-    pub hash_header: HeaderName,
 }
 
 /// How the sidecar runs.

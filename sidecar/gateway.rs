@@ -21,6 +21,7 @@ pub mod grpc_web;
 pub mod hub;
 pub mod listener;
 pub mod metrics;
+pub mod respond;
 pub mod tls;
 pub mod transcode;
 

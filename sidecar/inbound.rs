@@ -29,7 +29,6 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::mesh::process::shutdown::Drain;
 use crate::sidecar::Body;
-use crate::sidecar::config::AppProtocol;
 use crate::sidecar::metrics::Metrics;
 use crate::sidecar::outbound::pool::{CONNECTION_WINDOW, Redial, STREAM_WINDOW, handshake};
 use crate::sidecar::outbound::proxy::{HTTP1_MARK, strip_hop_by_hop};
@@ -38,6 +37,15 @@ use crate::sidecar::shared::body::NonEmpty;
 use crate::sidecar::shared::errors::ProxyError;
 use crate::sidecar::shared::{trace, upgrade};
 use crate::sidecar::transport::tls::peer_spiffe_id;
+
+/// What the app behind the sidecar speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppProtocol {
+    /// HTTP/2 without TLS (gRPC servers).
+    H2c,
+    /// HTTP/1.1.
+    Http1,
+}
 
 /// Header carrying the caller's SPIFFE ID to the app.
 pub const PEER_IDENTITY: &str = "x-redfire-peer-identity";

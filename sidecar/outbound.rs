@@ -22,3 +22,4 @@ pub mod pool;
 pub mod proxy;
 pub mod replay;
 pub mod retry;
+pub mod upstreams;

@@ -309,7 +309,7 @@ impl Policy {
         metrics: Arc<Metrics>,
         limits: Limits,
     ) -> Result<(Arc<Policy>, tokio::task::JoinHandle<()>), String> {
-        let channel = crate::sidecar::control_client::channel(control)?;
+        let channel = crate::sidecar::transport::control::channel(control)?;
         let (synced_tx, synced) = watch::channel(false);
         let p = Arc::new(Policy {
             service: service.into(),

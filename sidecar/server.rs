@@ -26,8 +26,8 @@ use crate::proto::registry::v1 as pb;
 use crate::proto::registry::v1::registry_client::RegistryClient;
 use crate::sidecar::admin::{self, Admin};
 use crate::sidecar::config::{Config, Mode};
-use crate::sidecar::control_client::discovery::Discovery;
-use crate::sidecar::control_client::identity::{self, CredentialsRx, IdentityConfig};
+use crate::sidecar::control_client::discovery;
+use crate::sidecar::control_client::identity::{self, IdentityConfig};
 use crate::sidecar::control_client::registration;
 use crate::sidecar::gateway::hub::{Hub, metrics::HubMetrics};
 use crate::sidecar::gateway::{self, cors::Cors, forward::Gateway, metrics::GatewayMetrics};
@@ -38,6 +38,7 @@ use crate::sidecar::outbound::pool::{CONNECTION_WINDOW, Pool, STREAM_WINDOW};
 use crate::sidecar::outbound::proxy::Outbound;
 use crate::sidecar::policy::{self, Policy};
 use crate::sidecar::ratelimit::{RateLimitMetrics, RedisBackend};
+use crate::sidecar::transport::credentials::CredentialsRx;
 use crate::sidecar::transport::tls::server_config;
 
 /// The sidecar failed to start.
@@ -174,7 +175,7 @@ impl Sidecar {
         let (creds, identity_task) =
             identity::spawn(IdentityConfig::new(config.control_addr.clone(), config.bootstrap_token.clone()))
                 .map_err(|e| SidecarError::Start(e.to_string()))?;
-        let (discovery, discovery_task) = Discovery::spawn(&config).map_err(SidecarError::Start)?;
+        let (discovery, discovery_task) = discovery::spawn(&config).map_err(SidecarError::Start)?;
 
         let (policy, policy_task) = Policy::spawn(&config.control_addr, &config.service, metrics.clone(), limits)
             .map_err(SidecarError::Start)?;

@@ -12,10 +12,10 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::metrics::EventMetrics;
 use super::store::EventStore;
 use super::subscription::{Handle, SubscribeSpec, Subscription};
 use crate::control::metrics::Metrics;
+use crate::control::metrics::events::EventMetrics;
 use crate::mesh::events::{Envelope, EventError, NewEvent, Position, Retention, StartFrom, TopicInfo, validate_name};
 use crate::proto::events::v1 as pb;
 use crate::proto::events::v1::events_server::Events;

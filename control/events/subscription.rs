@@ -16,8 +16,8 @@ use futures::FutureExt;
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
-use super::metrics::EventMetrics;
 use super::store::EventStore;
+use crate::control::metrics::events::EventMetrics;
 use crate::mesh::events::{Delivery, EventError, Position, StartFrom, validate_name};
 
 /// What a subscriber asks for.

@@ -24,6 +24,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::proto::identity::v1 as pb;
 use crate::proto::identity::v1::identity_client::IdentityClient;
+use crate::sidecar::transport::credentials::{Credentials, CredentialsRx};
 
 /// Where and how to get certificates.
 #[derive(Debug, Clone)]
@@ -53,37 +54,6 @@ impl IdentityConfig {
     }
 }
 
-/// A certificate with its key, ready for rustls.
-#[derive(Debug)]
-pub struct Credentials {
-    /// Leaf first.
-    pub chain: Vec<CertificateDer<'static>>,
-    /// The chain as PEM (renewal presents it).
-    pub chain_pem: String,
-    /// The sidecar's private key (PKCS#8 DER).
-    pub key: PrivatePkcs8KeyDer<'static>,
-    /// Roots a peer's certificate may chain to.
-    pub roots: Vec<CertificateDer<'static>>,
-    /// Our identity.
-    pub spiffe_id: String,
-    /// Validity start (the CA backdates it a few minutes for clock skew).
-    pub not_before: SystemTime,
-    /// Validity end.
-    pub not_after: SystemTime,
-    /// When this sidecar received it.
-    pub received: SystemTime,
-}
-
-impl Credentials {
-    /// When to renew: `renew_at` of the way from receipt to expiry (not from
-    /// the backdated `not_before`, which would pull renewal of a short-lived
-    /// certificate forward to "now").
-    pub fn renew_time(&self, renew_at: f64) -> SystemTime {
-        let life = self.not_after.duration_since(self.received).unwrap_or_default();
-        self.received + life.mul_f64(renew_at.clamp(0.0, 1.0))
-    }
-}
-
 /// Why an issuance failed.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
@@ -100,10 +70,6 @@ pub enum IdentityError {
     #[error("identity: {0}")]
     Key(#[from] rcgen::Error),
 }
-
-/// The receiving side: the current credentials, `None` before the first
-/// certificate and after the current one expired without renewal.
-pub type CredentialsRx = watch::Receiver<Option<Arc<Credentials>>>;
 
 /// Starts the issuance and renewal task.
 pub fn spawn(config: IdentityConfig) -> Result<(CredentialsRx, tokio::task::JoinHandle<()>), IdentityError> {

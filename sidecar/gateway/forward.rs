@@ -17,10 +17,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::sidecar::Body;
@@ -29,15 +28,13 @@ use crate::sidecar::gateway::cors::Cors;
 use crate::sidecar::gateway::grpc_web;
 use crate::sidecar::gateway::hub::Hub;
 use crate::sidecar::gateway::metrics::{self, GatewayMetrics};
+use crate::sidecar::gateway::respond::{REQUEST_ID, json_error};
 use crate::sidecar::gateway::transcode::{self, table::Table};
 use crate::sidecar::outbound::proxy::{Outbound, Target};
 use crate::sidecar::outbound::retry::RetryPolicy;
 use crate::sidecar::policy::{Policy, Refused, path};
 use crate::sidecar::ratelimit::key;
 use crate::sidecar::shared::errors::ProxyError;
-
-/// Request id header, set when the client sent none.
-pub const REQUEST_ID: &str = "x-request-id";
 
 /// What a gateway request needs, shared by every connection.
 #[derive(Debug)]
@@ -270,20 +267,6 @@ pub fn forwarded_headers(headers: &mut HeaderMap, client: Client, host: Option<&
         headers.insert(header::FORWARDED, v);
     }
     headers.insert("x-forwarded-proto", HeaderValue::from_static(if client.tls { "https" } else { "http" }));
-}
-
-/// A JSON error answer from the gateway itself.
-pub fn json_error(status: StatusCode, code: &str, message: &str, request_id: &HeaderValue) -> Response<Body> {
-    let body = serde_json::json!({
-        "error": { "code": code, "message": message, "status": status.as_u16() },
-        "request_id": request_id.to_str().unwrap_or(""),
-    });
-    let mut r = Response::new(Full::new(Bytes::from(format!("{body}\n"))).map_err(|n| match n {}).boxed_unsync());
-    *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    r.headers_mut().insert(REQUEST_ID, request_id.clone());
-    r.headers_mut().insert("x-redfire-reason", HeaderValue::from_static("gateway"));
-    r
 }
 
 #[cfg(test)]

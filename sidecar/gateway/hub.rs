@@ -43,7 +43,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use crate::mesh::process::shutdown::Drain;
 use crate::sidecar::Body;
 use crate::sidecar::config::HubConfig;
-use crate::sidecar::gateway::forward::json_error;
+use crate::sidecar::gateway::respond::json_error;
 use crate::sidecar::policy::Policy;
 use crate::sidecar::shared::upgrade::has_token;
 use bus::Bus;

@@ -32,8 +32,8 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full};
 
-use crate::sidecar::gateway::forward::json_error;
 use crate::sidecar::gateway::metrics::Reloads;
+use crate::sidecar::gateway::respond::json_error;
 use crate::sidecar::outbound::proxy::{Outbound, Target};
 use crate::sidecar::{Body, BoxError};
 use table::Table;

@@ -25,7 +25,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::sidecar::config::AppProtocol;
+use crate::sidecar::inbound::AppProtocol;
 
 /// Largest health response body read (the rest is not waited for).
 const MAX_BODY: usize = 64 * 1024;

@@ -32,7 +32,7 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-pub use config::{BalanceConfig, PeakEwmaConfig, Policy, ZonePreference};
+pub use config::{BalanceConfig, Balancing, PeakEwmaConfig, Policy, ZonePreference};
 pub use endpoint::{Address, Endpoint};
 pub use load::{Feedback, RequestLoad};
 

@@ -18,10 +18,10 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::sidecar::Body;
-use crate::sidecar::control_client::identity::{Credentials, CredentialsRx};
 use crate::sidecar::metrics::{Metrics, OpenConnection};
 use crate::sidecar::outbound::balance::Address;
 use crate::sidecar::shared::errors::ProxyError;
+use crate::sidecar::transport::credentials::{Credentials, CredentialsRx};
 use crate::sidecar::transport::tls::{client_config, peer_server_name};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);

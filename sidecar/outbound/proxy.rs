@@ -19,8 +19,6 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::sidecar::Body;
-use crate::sidecar::control_client::discovery::Discovery;
-use crate::sidecar::control_client::discovery::Upstream;
 use crate::sidecar::is_grpc;
 use crate::sidecar::metrics::Metrics;
 use crate::sidecar::outbound::balance::{EndpointIdx, Feedback, PickContext};
@@ -28,6 +26,7 @@ use crate::sidecar::outbound::breaker::InFlight;
 use crate::sidecar::outbound::pool::Pool;
 use crate::sidecar::outbound::replay::{Replay, ReplayBody};
 use crate::sidecar::outbound::retry::{Backoff, Decision, Outcome, RetryPolicy, RetryRequest};
+use crate::sidecar::outbound::upstreams::{Upstream, Upstreams};
 use crate::sidecar::shared::body::NonEmpty;
 use crate::sidecar::shared::errors::ProxyError;
 use crate::sidecar::shared::{trace, upgrade};
@@ -59,7 +58,7 @@ pub struct Target {
 /// See the module docs.
 #[derive(Debug)]
 pub struct Outbound {
-    discovery: Arc<Discovery>,
+    discovery: Arc<Upstreams>,
     pool: Pool,
     metrics: Arc<Metrics>,
     retry: RetryPolicy,
@@ -70,7 +69,7 @@ pub struct Outbound {
 impl Outbound {
     /// The outbound path over `discovery`, dialing through `pool`; a
     /// response stream silent for `stream_idle_timeout` is cut.
-    pub fn new(discovery: Arc<Discovery>, pool: Pool, metrics: Arc<Metrics>, stream_idle_timeout: Duration) -> Self {
+    pub fn new(discovery: Arc<Upstreams>, pool: Pool, metrics: Arc<Metrics>, stream_idle_timeout: Duration) -> Self {
         Outbound {
             discovery,
             pool,

@@ -21,7 +21,7 @@ use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
-use crate::sidecar::control_client::identity::Credentials;
+use crate::sidecar::transport::credentials::Credentials;
 
 /// ALPN protocol between sidecars.
 pub const ALPN_H2: &[u8] = b"h2";

@@ -122,7 +122,7 @@ impl Bus {
     /// A bus client of control at `control` (connected lazily); events
     /// published through it carry `source`.
     pub fn new(control: &str, replica: &str, source: &str, metrics: HubMetrics) -> Result<Bus, String> {
-        let channel = crate::sidecar::control_client::channel(control)?;
+        let channel = crate::sidecar::transport::control::channel(control)?;
         Ok(Bus {
             client: EventsClient::new(channel),
             group: format!("gateway-hub.{replica}"),

@@ -14,7 +14,7 @@ use http_body_util::{BodyExt, Full};
 use prost_reflect::{DynamicMessage, SerializeOptions};
 
 use crate::sidecar::Body;
-use crate::sidecar::gateway::forward::json_error;
+use crate::sidecar::gateway::respond::json_error;
 use crate::sidecar::gateway::transcode::table::Binding;
 use crate::sidecar::gateway::transcode::{ReadError, read, status};
 

@@ -4,6 +4,19 @@
 
 use std::time::Duration;
 
+use http::HeaderName;
+
+/// How requests to one upstream service are balanced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Balancing {
+    /// The policy.
+    pub policy: Policy,
+    /// For [`Policy::RingHash`] and [`Policy::Maglev`]: the request header
+    /// whose value is the hash key. A request without it is balanced by
+    /// least request (power of two random choices) instead.
+    pub hash_header: HeaderName,
+}
+
 /// How a [`Balancer`](super::Balancer) chooses among endpoints.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Policy {

@@ -1,3 +1,6 @@
+//! Outlier detection under consecutive failures, ejection times and the
+//! ejection cap, with property tests of the invariants the balancer relies on.
+
 use std::time::Duration;
 
 use proptest::prelude::*;
