@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redfire::control::events::memory::MemoryEventStore;
-use redfire::control::events::metrics::EventMetrics;
 use redfire::control::events::redis::{RedisEventConfig, RedisEventStore};
 use redfire::control::events::store::{EventSettings, EventStore};
 use redfire::control::events::subscription::{SubscribeSpec, Subscription};
+use redfire::control::metrics::events::EventMetrics;
 use redfire::mesh::events::{Delivery, Envelope, EventError, NewEvent, Position, Retention, StartFrom};
 
 const VT: Duration = Duration::from_millis(600);

@@ -8,7 +8,7 @@ use std::time::Duration;
 use rcgen::{CertificateParams, CertificateSigningRequestParams, KeyPair};
 use redfire::control::identity::ca::{Ca, CaConfig, RootSource};
 use redfire::mesh::identity::spiffe_id;
-use redfire::sidecar::control_client::identity::Credentials;
+use redfire::sidecar::transport::credentials::Credentials;
 use redfire::sidecar::transport::tls::{client_config, peer_server_name, peer_spiffe_id, server_config};
 use rustls_pki_types::PrivatePkcs8KeyDer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

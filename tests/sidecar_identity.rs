@@ -10,7 +10,8 @@ use std::time::{Duration, SystemTime};
 use redfire::control::config::{Config, Settings};
 use redfire::control::identity::ca::Ca;
 use redfire::control::identity::token;
-use redfire::sidecar::control_client::identity::{self, CredentialsRx, IdentityConfig};
+use redfire::sidecar::control_client::identity::{self, IdentityConfig};
+use redfire::sidecar::transport::credentials::CredentialsRx;
 use support::*;
 
 fn short_lived(grpc_addr: &str) -> Settings {
