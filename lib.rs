@@ -1,13 +1,19 @@
-//! RedFire Mesh: a gRPC-first service mesh.
+//! RedFire Mesh: a gRPC-first service mesh, in three layers whose imports go
+//! one way (checked by `tests/layering.rs`):
 //!
+//! - [`mesh`] — the shared language, owned by neither half: the policy
+//!   language (policy documents, routes, rate-limit rules, with their
+//!   validation), the registry and events wire models, workload identity
+//!   names, and what every process shares (settings parsing, telemetry, the
+//!   drain primitive, the admin HTTP loop).
 //! - [`control`] — the control service (`redfire-control`): service registry
-//!   with leases and watch streams, over an in-memory or Redis store, the
-//!   mesh CA, and the event bus (`redfire.events.v1`).
-//! - [`sidecar`] — the data plane (`redfire-sidecar`): so far the workload
-//!   identity client and the pure building blocks of the outbound path
-//!   (balancing, retries, breakers).
-//! - [`proto`] — the generated gRPC API (`proto/`), kept at the edge: the
-//!   control code converts it into domain types at the API boundary.
+//!   with leases and watch streams over an in-memory or Redis store, the mesh
+//!   CA, the event bus and policy distribution. Imports `mesh`, never `sidecar`.
+//! - [`sidecar`] — the data plane (`redfire-sidecar`): outbound and inbound
+//!   proxy with mTLS, balancing, retries, breakers, policy and rate limits,
+//!   and gateway mode at the edge. Imports `mesh`, never `control`.
+//! - [`proto`] — the generated gRPC API (`proto/`), kept at the edge: both
+//!   halves convert it into `mesh` types at their API boundary.
 
 pub mod control;
 pub mod mesh;

@@ -9,7 +9,8 @@
 //! - [`subscription`] — one subscriber's delivery loop (bounded in-flight),
 //!   used by the gRPC service and by in-process code.
 //! - [`service`] — the gRPC boundary.
-//! - [`metrics`] — per topic/group counters, lag, end-to-end latency.
+//! - `crate::control::metrics::events` — per topic/group counters, lag,
+//!   end-to-end latency.
 //! - [`client`] — a small Rust client of the gRPC API.
 
 pub mod client;

@@ -1,6 +1,8 @@
-//! Domain types of the event bus: positions, the CloudEvents-shaped envelope
+//! The event bus's wire model: positions, the CloudEvents-shaped envelope
 //! (with its protobuf storage form and its JSON form), names, errors, and
-//! what the stores return. The gRPC types stay in `service.rs`.
+//! what the stores return. Control's event bus (`crate::control::events`)
+//! and the gateway's WebSocket hub (`crate::sidecar::gateway::hub`) both
+//! speak it; the gRPC types stay in `control/events/service.rs`.
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -1,5 +1,9 @@
-//! The policy document of one service, as written in a TOML file of the
-//! policy directory and as published to proxies (the same fields as JSON).
+//! The policy language: the policy document of one service, as written in a
+//! TOML file of the policy directory and as published to proxies (the same
+//! fields as JSON). Control validates and serves it (`crate::control::policy`);
+//! the sidecar compiles the validated document into what it enforces
+//! (`crate::sidecar::policy`). Its sections live in [`authz`], [`jwt`],
+//! [`rbac`], [`topics`], [`route`]/[`routes_file`] and [`ratelimit`].
 //!
 //! Everything a single field or table can get wrong is checked while it is
 //! deserialized (`try_from` on the raw form), so a TOML error carries the

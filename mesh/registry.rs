@@ -1,4 +1,7 @@
-//! Domain types of the registry and their validation at the API boundary.
+//! The registry's wire model: an instance as registered and watched, its
+//! health, and service names. Control's registry (`crate::control::registry`)
+//! validates requests with it at the API boundary; the sidecar's discovery
+//! and balancer read watched instances through it.
 //!
 //! Generated proto types stop here: `TryFrom<proto::Instance>` checks every
 //! field a client controls and names the field that is wrong.

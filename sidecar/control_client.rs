@@ -7,7 +7,9 @@
 //! - [`discovery`] — the endpoints of the services this sidecar calls, from
 //!   the registry's Watch, kept while control is unreachable.
 //!
-//! The policy Watch is `crate::sidecar::policy::fetch`, beside the policy it feeds.
+//! The other Watches live beside what they feed: the policy Watch in
+//! `crate::sidecar::policy`, the hub's event streams in
+//! `crate::sidecar::gateway::hub::bus`.
 
 pub mod discovery;
 pub mod identity;

@@ -1,19 +1,29 @@
-//! The sidecar: the data plane that runs beside every service.
+//! The sidecar (`redfire-sidecar`): the data plane that runs beside every
+//! service, and the same binary as the gateway at the edge. It stands on the
+//! shared language in `crate::mesh` and never imports `crate::control`.
 //!
-//! So far this holds:
-//! - [`identity`] — the workload identity: the sidecar's own key and its
-//!   certificate from control's CA, renewed at 70 % of its lifetime;
-//! - [`outbound`] — the pure building blocks of the outbound path (the app
-//!   calls 127.0.0.1, the sidecar picks a peer and forwards over mTLS): load
-//!   balancing, retries and circuit breaking. They do no I/O, so the
-//!   listener, the tower layers and the binary can be assembled on top of
-//!   them and each decision can be tested on its own with paused time;
-//! - [`policy`] — service authorization, JWT and RBAC enforced at inbound,
-//!   Watched from control;
-//! - [`ratelimit`] — per-rule rate limits (four algorithms, in memory or
-//!   shared through Redis, fail-open or fail-closed) and their responses;
-//! - [`transport`] — mTLS between sidecars (TLS 1.3, SPIFFE identities);
-//! - [`gateway`] — gateway mode: the external ingress with its route table.
+//! Assembly and settings, at the top:
+//! - [`server`] — starts identity, discovery, registration, the listeners and
+//!   the drain; [`config`] — every setting; [`admin`] and [`metrics`] — the
+//!   admin port and Prometheus.
+//!
+//! The request paths, top-down:
+//! - [`outbound`] — the app calls 127.0.0.1; the sidecar picks a peer
+//!   ([`outbound::upstreams`], balancing, breakers, retries) and forwards
+//!   over mTLS;
+//! - [`inbound`] — mTLS in, policy, the app on 127.0.0.1, app health checks;
+//! - [`gateway`] — gateway mode: the external ingress with its route table,
+//!   gRPC-Web, transcoding and the WebSocket topic hub;
+//! - [`policy`] and [`ratelimit`] — the policy language compiled and
+//!   enforced: service authorization, JWT, RBAC, rate limits;
+//! - [`shared`] — what the paths share: body adapters, error answers, the
+//!   upgrade tunnel, trace context;
+//! - [`transport`] — mTLS between sidecars, the workload credentials, the
+//!   channel to control.
+//!
+//! The sidecar's client of control: [`control_client`] — its identity
+//! (certificates), its registration (lease and health) and discovery (the
+//! registry Watch feeding [`outbound::upstreams`]).
 
 pub mod admin;
 pub mod config;

@@ -1,4 +1,8 @@
-//! Rate-limit configuration: TOML in, validated rules out.
+//! The rate-limit rule format of the policy language: TOML in, validated
+//! rules ([`RuleSpec`]: path, methods, key, [`Algorithm`] with its
+//! parameters) out. Control validates a policy's `[[rate_limits]]` with
+//! [`from_policy_tables`]; the sidecar's limiter (`crate::sidecar::ratelimit`)
+//! runs the algorithms on the compiled rules.
 //!
 //! The seed's `add_path_limit("/api/v1/trading", limit=50, window=60)` is one
 //! line:
@@ -402,7 +406,8 @@ pub enum Algorithm {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KeyPart {
     /// The client IP: the peer address, or the entry of `X-Forwarded-For`
-    /// added by the outermost trusted proxy (see [`client_ip`]).
+    /// added by the outermost trusted proxy (the sidecar's
+    /// `ratelimit::key::client_ip`).
     ClientIp,
     /// A top-level JWT claim (strings as they are, other JSON as JSON text).
     Claim(String),

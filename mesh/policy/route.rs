@@ -1,9 +1,9 @@
-//! The gateway's route table: pure data and pure matching, no I/O.
-//!
-//! A [`RouteTable`] is built by a source (today the TOML file of
-//! [`super::routes_file`]; later control's policy stream) and swapped in
-//! whole behind an `ArcSwap`: the request path only reads snapshots.
-//! Routes are tried in order; the first whose every condition holds wins.
+//! The route table of the policy language: pure data and pure matching, no
+//! I/O. [`super::routes_file`] builds it from a routes file or from the
+//! `[[route]]` tables of a policy document (control validates with the same
+//! function); the gateway (`crate::sidecar::gateway`) swaps a whole table in
+//! behind an `ArcSwap`, so the request path only reads snapshots. Routes are
+//! tried in order; the first whose every condition holds wins.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -1,6 +1,7 @@
-//! The routes file: TOML → [`RouteTable`], validated, with errors naming
-//! file, line and field. Parsing is kept apart from the table so control's
-//! policy stream can build the same table later.
+//! The route format: TOML (a routes file, or the `[[route]]` tables of a
+//! gateway's policy document) → [`RouteTable`], validated, with errors naming
+//! file, line and field. Control validates policy documents with
+//! [`from_tables`]; the gateway builds its table with the same functions.
 //!
 //! ```toml
 //! [[route]]

@@ -1,5 +1,5 @@
 //! A [`Decision`] as response headers and as the answer the caller gets,
-//! following `sidecar/errors.rs`: an HTTP status, a trailers-only gRPC
+//! following `sidecar/shared/errors.rs`: an HTTP status, a trailers-only gRPC
 //! status for gRPC callers, and an `x-redfire-reason` header.
 //!
 //! - limited: HTTP 429 / gRPC `RESOURCE_EXHAUSTED`, with `Retry-After` and
