@@ -81,6 +81,14 @@ async fn hostile_tokens_get_401_and_never_reach_the_app() {
             rs256_with_header(&json!({ "alg": "RS256", "kid": "k1", "jku": attacker_jwks.url }), &base, RSA_PRIVATE),
         ),
         ("x5u", rs256_with_header(&json!({ "alg": "RS256", "x5u": attacker_jwks.url }), &base, RSA2_PRIVATE)),
+        (
+            "crit naming an unknown extension, signed by the trusted key",
+            rs256_with_header(
+                &json!({ "alg": "RS256", "kid": "k1", "crit": ["exp-never"], "exp-never": true }),
+                &base,
+                RSA_PRIVATE,
+            ),
+        ),
         ("garbage", "a.b.c".into()),
     ];
     for (name, token) in &cases {
@@ -108,6 +116,10 @@ async fn hostile_tokens_get_401_and_never_reach_the_app() {
     let (_, metrics) = support::http_get(m.server_side.admin_addr, "/metrics").await;
     assert!(
         metrics.contains("redfire_sidecar_auth_failures_total{service=\"echo\",reason=\"key_location_refused\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("redfire_sidecar_auth_failures_total{service=\"echo\",reason=\"critical_header_refused\"}"),
         "{metrics}"
     );
     m.client_side.shutdown();

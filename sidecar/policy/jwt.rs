@@ -4,8 +4,9 @@
 //! Refused, always: `alg: none` (not an algorithm here), an algorithm the
 //! issuer does not allow (so an HS256 token "signed" with an RSA public key
 //! never meets that key), a token whose header names a key location (`jku`,
-//! `x5u`, `jwk`: never followed), an oversized token or `kid`, a wrongly
-//! typed `exp`/`nbf`, a missing or wrong `iss`/`aud`, and a missing `exp`.
+//! `x5u`, `jwk`: never followed) or carries `crit`, `enc` or `zip`, an
+//! oversized token or `kid`, a wrongly typed `exp`/`nbf`, a missing or wrong
+//! `iss`/`aud`, and a missing `exp`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -205,6 +206,13 @@ impl JwtAuth {
         let header = jsonwebtoken::decode_header(token).map_err(|_| fail("malformed_token", "malformed token"))?;
         if header.jku.is_some() || header.x5u.is_some() || header.jwk.is_some() || header.x5c.is_some() {
             return Err(fail("key_location_refused", "token names its own key (jku/x5u/jwk/x5c); refused"));
+        }
+        // RFC 7515 §4.1.11: a recipient must refuse a token whose `crit` names
+        // an extension it does not understand, and we understand none (so
+        // `b64: false` and the like can never change what is verified). A
+        // JWE's `enc`/`zip` have no place in a signed token either.
+        if header.crit.is_some() || header.enc.is_some() || header.zip.is_some() {
+            return Err(fail("critical_header_refused", "token header has crit/enc/zip; refused"));
         }
         let kid = header.kid.as_deref();
         if kid.is_some_and(|k| k.len() > MAX_KID) {
@@ -433,6 +441,33 @@ mod tests {
         let expired = mint(now - 10);
         a.cache.lock().unwrap().insert(expired.clone().into(), (0, 0, now - 10, Arc::default()));
         assert_eq!(a.verify(&expired).await.unwrap_err().code, "expired", "re-verified, not served stale");
+    }
+
+    #[tokio::test]
+    async fn a_header_with_crit_enc_or_zip_is_refused_even_when_signed_by_the_trusted_key() {
+        use base64::Engine;
+        let a = auth("");
+        let exp = jsonwebtoken::get_current_timestamp() + 60;
+        let claims = json!({ "iss": "i", "aud": "a", "sub": "u", "exp": exp });
+        // Signed by hand: jsonwebtoken's Header cannot write every field.
+        let sign = |header: serde_json::Value| {
+            let b64 = |v: &serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+            let input = format!("{}.{}", b64(&header), b64(&claims));
+            let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+            let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &key, jsonwebtoken::Algorithm::HS256).unwrap();
+            format!("{input}.{sig}")
+        };
+        assert!(a.verify(&sign(json!({ "alg": "HS256", "typ": "JWT" }))).await.is_ok(), "the control token passes");
+        for header in [
+            json!({ "alg": "HS256", "crit": ["exp-never"], "exp-never": true }),
+            json!({ "alg": "HS256", "crit": ["b64"], "b64": false }),
+            json!({ "alg": "HS256", "crit": [] }),
+            json!({ "alg": "HS256", "enc": "A128GCM" }),
+            json!({ "alg": "HS256", "zip": "DEF" }),
+        ] {
+            let e = a.verify(&sign(header.clone())).await.unwrap_err();
+            assert_eq!(e.code, "critical_header_refused", "{header}");
+        }
     }
 
     proptest::proptest! {
