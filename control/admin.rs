@@ -28,6 +28,8 @@ pub struct Admin {
     pub drain: Drain,
     /// Policies in force, for `/admin/policy`.
     pub policies: Arc<crate::control::policy::store::PolicyStore>,
+    /// The gRPC API is plaintext (`dev_insecure_control`): said on `/health`.
+    pub insecure: bool,
 }
 
 impl std::fmt::Debug for Admin {
@@ -49,6 +51,10 @@ impl Admin {
             return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into());
         }
         match req.uri().path() {
+            "/health" if self.insecure => text(
+                StatusCode::OK,
+                "ok\nWARNING: dev_insecure_control: the gRPC API is plaintext; for local experiments only\n".into(),
+            ),
             "/health" => text(StatusCode::OK, "ok\n".into()),
             "/ready" => match self.ready() {
                 Ok(()) => text(StatusCode::OK, "ready\n".into()),

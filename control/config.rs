@@ -12,9 +12,9 @@ use serde::Deserialize;
 
 use crate::control::events::service::EventLimits;
 use crate::control::events::store::EventSettings;
-use crate::control::identity::ca::{CaConfig, RootSource};
+use crate::control::identity::ca::{CaConfig, RootSource, SanName};
 use crate::mesh::events::Retention;
-use crate::mesh::process::settings::{ConfigError, addr, duration, err, log_settings, read_toml};
+use crate::mesh::process::settings::{ConfigError, addr, default_ca_dir, duration, err, log_settings, read_toml};
 use crate::mesh::process::telemetry::LogFormat;
 
 /// Command line of `redfire-control`.
@@ -38,6 +38,9 @@ pub enum Command {
     /// Bootstrap tokens for sidecars.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Prints the mesh trust bundle (PEM) that clients verify control's
+    /// certificate with (uses the same CA settings as the server).
+    TrustBundle,
 }
 
 /// `token` subcommands.
@@ -161,6 +164,15 @@ pub struct Settings {
     /// How often the policy directory is checked for changes [default: 1s]
     #[arg(long, env = "REDFIRE_POLICY_POLL_INTERVAL")]
     pub policy_poll_interval: Option<String>,
+    /// DNS names and IPs clients dial control by, in its serving certificate besides its SPIFFE ID, comma-separated [default: localhost,127.0.0.1,::1]
+    #[arg(long, env = "REDFIRE_TLS_NAMES")]
+    pub tls_names: Option<String>,
+    /// Where control writes the mesh trust bundle (PEM) for clients that are not workloads [default: bundle.pem in ca_dir with the memory store, else none]
+    #[arg(long, env = "REDFIRE_TRUST_BUNDLE_FILE")]
+    pub trust_bundle_file: Option<String>,
+    /// Serve the gRPC API in plaintext: for local experiments only, warned at start and on /health [default: false]
+    #[arg(long, env = "REDFIRE_DEV_INSECURE_CONTROL", num_args = 0..=1, default_missing_value = "true")]
+    pub dev_insecure_control: Option<String>,
 }
 
 /// Validated event bus settings.
@@ -226,6 +238,12 @@ pub struct Config {
     pub policy_dir: Option<PathBuf>,
     /// Policy directory poll interval.
     pub policy_poll_interval: Duration,
+    /// Names in the serving certificate besides the SPIFFE ID.
+    pub tls_names: Vec<SanName>,
+    /// Where to write the trust bundle.
+    pub trust_bundle_file: Option<PathBuf>,
+    /// Plaintext gRPC (development only).
+    pub dev_insecure_control: bool,
 }
 
 impl Default for Config {
@@ -274,7 +292,10 @@ impl Settings {
             events_poll_interval,
             events_trim_interval,
             policy_dir,
-            policy_poll_interval
+            policy_poll_interval,
+            tls_names,
+            trust_bundle_file,
+            dev_insecure_control
         )
     }
 
@@ -326,6 +347,25 @@ impl Config {
         };
         let (log_format, log_level) = log_settings(s.log_format, s.log_level)?;
         let ca = ca_config(ca_settings, &store, &redis_url, &redis_prefix)?;
+        let tls_names = s
+            .tls_names
+            .unwrap_or_else(|| "localhost,127.0.0.1,::1".into())
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(|n| n.parse::<SanName>().map_err(|e| err("tls_names", e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let trust_bundle_file = match (s.trust_bundle_file, &ca.root) {
+            (Some(f), _) if f.is_empty() => None,
+            (Some(f), _) => Some(PathBuf::from(f)),
+            (None, RootSource::Dir(dir)) => Some(dir.join("bundle.pem")),
+            (None, _) => None,
+        };
+        let dev_insecure_control = match s.dev_insecure_control.as_deref().unwrap_or("false") {
+            "true" | "1" => true,
+            "false" | "0" => false,
+            other => return Err(err("dev_insecure_control", format!("{other:?} is not true or false"))),
+        };
         let c = Config {
             grpc_addr: addr("grpc_addr", s.grpc_addr, "127.0.0.1:15010")?,
             admin_addr: addr("admin_addr", s.admin_addr, "127.0.0.1:15014")?,
@@ -346,6 +386,9 @@ impl Config {
             events,
             policy_dir: s.policy_dir.map(PathBuf::from),
             policy_poll_interval: duration("policy_poll_interval", s.policy_poll_interval, "1s")?,
+            tls_names,
+            trust_bundle_file,
+            dev_insecure_control,
         };
         if let Some(d) = &c.policy_dir
             && !d.is_dir()
@@ -469,17 +512,6 @@ fn ca_config(s: CaSettings, store: &StoreKind, redis_url: &str, redis_prefix: &s
         return Err(err("cert_lifetime", "must be within 10s..=30d"));
     }
     Ok(CaConfig { trust_domain, root, extra_roots: s.extra_roots.map(PathBuf::from), leaf_lifetime })
-}
-
-/// `$XDG_DATA_HOME/redfire/ca`, else `$HOME/.local/share/redfire/ca`, else `./.redfire/ca`.
-fn default_ca_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
-        return PathBuf::from(d).join("redfire/ca");
-    }
-    if let Some(h) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
-        return PathBuf::from(h).join(".local/share/redfire/ca");
-    }
-    PathBuf::from(".redfire/ca")
 }
 
 #[cfg(test)]

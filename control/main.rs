@@ -23,8 +23,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Some(Command::Token(TokenCommand::Create { service, namespace, ttl })) = command {
-        return runtime.block_on(create_token(config, &service, &namespace, &ttl));
+    match command {
+        Some(Command::Token(TokenCommand::Create { service, namespace, ttl })) => {
+            return runtime.block_on(create_token(config, &service, &namespace, &ttl));
+        }
+        Some(Command::TrustBundle) => return runtime.block_on(print_trust_bundle(config)),
+        None => {}
     }
     runtime.block_on(async {
         let _telemetry = telemetry::init("redfire-control", config.log_format, &config.log_level);
@@ -48,6 +52,21 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// `redfire-control trust-bundle`: prints the roots clients verify control's
+/// certificate (and every workload's) with.
+async fn print_trust_bundle(config: Config) -> ExitCode {
+    match Ca::load(config.ca).await {
+        Ok(ca) => {
+            print!("{}", ca.bundle_pem());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("redfire-control: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `redfire-control token create`: prints one bootstrap token on stdout.

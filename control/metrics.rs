@@ -64,6 +64,8 @@ pub struct Metrics {
     pub events: std::sync::Arc<EventMetrics>,
     /// Policy files rejected on reload (the last good policy stayed in force).
     pub policy_load_errors: std::sync::Arc<Counter>,
+    /// TLS handshakes on the gRPC listener that failed or timed out.
+    pub tls_handshake_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -92,6 +94,12 @@ impl Default for Metrics {
             "policy files rejected on reload; the last good policy stayed in force",
             (*policy_load_errors).clone(),
         );
+        let tls_handshake_failures = Counter::default();
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes on the gRPC listener that failed (no TLS, a bad client certificate) or timed out",
+            tls_handshake_failures.clone(),
+        );
         Metrics {
             registry,
             rpcs,
@@ -103,6 +111,7 @@ impl Default for Metrics {
             store_up,
             events,
             policy_load_errors,
+            tls_handshake_failures,
         }
     }
 }

@@ -26,6 +26,7 @@ use crate::control::registry::memory::MemoryStore;
 use crate::control::registry::redis::{RedisConfig, RedisStore};
 use crate::control::registry::service::{LeasePolicy, RegistryService};
 use crate::control::registry::store::RegistryStore;
+use crate::control::tls::{self, ServingCert};
 use crate::mesh::process::shutdown::Drain;
 use crate::mesh::process::telemetry;
 use crate::proto::events::v1::events_server::EventsServer;
@@ -58,6 +59,9 @@ pub enum ServerError {
     /// The gRPC server failed.
     #[error("grpc server: {0}")]
     Grpc(String),
+    /// TLS on the gRPC listener could not be set up.
+    #[error("tls: {0}")]
+    Tls(String),
 }
 
 /// A running control service.
@@ -67,6 +71,12 @@ pub struct Control {
     pub grpc_addr: SocketAddr,
     /// Where the admin port listens.
     pub admin_addr: SocketAddr,
+    /// Every root a client should trust for control's certificate, PEM.
+    pub trust_bundle_pem: String,
+    /// Where the bundle was written, if anywhere.
+    pub trust_bundle_file: Option<std::path::PathBuf>,
+    /// TLS on the gRPC API (false only with `dev_insecure_control`).
+    pub tls: bool,
     drain: Drain,
     task: JoinHandle<Result<(), ServerError>>,
 }
@@ -88,6 +98,23 @@ impl Control {
         let grpc_addr = grpc.local_addr().map_err(|e| ServerError::Grpc(e.to_string()))?;
         let admin_addr = admin.local_addr().map_err(|e| ServerError::Grpc(e.to_string()))?;
         let ca = Arc::new(Ca::load(config.ca.clone()).await?);
+        let trust_bundle_pem = ca.bundle_pem().to_string();
+        if let Some(path) = &config.trust_bundle_file {
+            tls::write_bundle(path, &trust_bundle_pem)
+                .map_err(|e| ServerError::Tls(format!("trust_bundle_file {}: {e}", path.display())))?;
+        }
+        let (tls_on, trust_bundle_file) = (!config.dev_insecure_control, config.trust_bundle_file.clone());
+        let tls = if config.dev_insecure_control {
+            tracing::warn!(
+                "dev_insecure_control: the gRPC API is PLAINTEXT and anyone on the network can read and change \
+                 what it serves; for local experiments only"
+            );
+            None
+        } else {
+            let cert = ServingCert::issue(&ca, &config.tls_names).map_err(ServerError::Tls)?;
+            let server_config = tls::server_config(&ca, cert.clone()).map_err(ServerError::Tls)?;
+            Some((server_config, cert.spawn_renewal(ca.clone(), config.tls_names.clone())))
+        };
         let identity = IdentityService::new(ca, metrics.clone()).map_err(|e| ServerError::Grpc(e.to_string()))?;
         let drain = Drain::default();
         let events: Arc<dyn EventStore> = match config.store {
@@ -127,7 +154,7 @@ impl Control {
             StoreKind::Memory => {
                 let store = MemoryStore::new(config.watch_history, config.sweep_interval);
                 let parts =
-                    Parts { grpc, admin, metrics, identity, events, policies, policy_dir, drain: drain.clone() };
+                    Parts { grpc, admin, metrics, identity, events, policies, policy_dir, tls, drain: drain.clone() };
                 tokio::spawn(serve(Arc::new(store), parts, config))
             }
             StoreKind::Redis => {
@@ -145,12 +172,41 @@ impl Control {
                 // replica starts with the registry already loaded.
                 store.wait_synced(config.redis_timeout).await;
                 let parts =
-                    Parts { grpc, admin, metrics, identity, events, policies, policy_dir, drain: drain.clone() };
+                    Parts { grpc, admin, metrics, identity, events, policies, policy_dir, tls, drain: drain.clone() };
                 tokio::spawn(serve(Arc::new(store), parts, config))
             }
         };
-        tracing::info!(%grpc_addr, %admin_addr, "redfire-control serving");
-        Ok(Control { grpc_addr, admin_addr, drain, task })
+        tracing::info!(%grpc_addr, %admin_addr, tls = tls_on, "redfire-control serving");
+        let tls = tls_on;
+        Ok(Control { grpc_addr, admin_addr, trust_bundle_pem, trust_bundle_file, tls, drain, task })
+    }
+
+    /// The gRPC API's URL: `https://<addr>` (or `http://` with
+    /// `dev_insecure_control`); a wildcard listen address is dialed as
+    /// 127.0.0.1.
+    pub fn grpc_url(&self) -> String {
+        let mut addr = self.grpc_addr;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        format!("{}://{addr}", if self.tls { "https" } else { "http" })
+    }
+
+    /// A client endpoint for this control (embedding, tests, examples): TLS
+    /// verified against its trust bundle, or plaintext with
+    /// `dev_insecure_control`.
+    pub fn endpoint(&self) -> tonic::transport::Endpoint {
+        use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+        let url = self.grpc_url();
+        // The URL is built from a socket address: it always parses.
+        let ep = Endpoint::from_shared(url).unwrap_or_else(|e| unreachable!("grpc url: {e}"));
+        if !self.tls {
+            return ep;
+        }
+        let host = ep.uri().host().unwrap_or_default().trim_matches(['[', ']']).to_string();
+        let tls =
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.trust_bundle_pem)).domain_name(host);
+        ep.tls_config(tls).unwrap_or_else(|e| unreachable!("tls config of an https url: {e}"))
     }
 
     /// Starts draining (as SIGTERM does); [`Control::wait`] returns when done.
@@ -164,6 +220,9 @@ impl Control {
     }
 }
 
+/// The gRPC server running, over TLS or plaintext connections.
+type ServeFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send>>;
+
 /// Topics whose lag gauges are refreshed each `events_trim_interval`.
 const MAX_LAG_TOPICS: usize = 1000;
 
@@ -176,11 +235,14 @@ struct Parts {
     events: Arc<dyn EventStore>,
     policies: Arc<PolicyStore>,
     policy_dir: Option<JoinHandle<()>>,
+    /// The listener's TLS config and the certificate renewal task (`None`:
+    /// plaintext, `dev_insecure_control`).
+    tls: Option<(Arc<rustls::ServerConfig>, JoinHandle<()>)>,
     drain: Drain,
 }
 
 async fn serve<S: RegistryStore>(store: Arc<S>, parts: Parts, config: Config) -> Result<(), ServerError> {
-    let Parts { grpc, admin: admin_listener, metrics, identity, events, policies, policy_dir, drain } = parts;
+    let Parts { grpc, admin: admin_listener, metrics, identity, events, policies, policy_dir, tls, drain } = parts;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<RegistryServer<RegistryService<S>>>().await;
     health.set_service_status("", ServingStatus::Serving).await;
@@ -217,7 +279,7 @@ async fn serve<S: RegistryStore>(store: Arc<S>, parts: Parts, config: Config) ->
     });
 
     let admin = Arc::new(Admin {
-        metrics,
+        metrics: metrics.clone(),
         view: store.view().clone(),
         store_ready: Box::new({
             let (store, events) = (store.clone(), events.clone());
@@ -225,6 +287,7 @@ async fn serve<S: RegistryStore>(store: Arc<S>, parts: Parts, config: Config) ->
         }),
         drain: drain.clone(),
         policies: policies.clone(),
+        insecure: tls.is_none(),
     });
     let (admin_stop_tx, admin_stop) = tokio::sync::oneshot::channel::<()>();
     let admin_task = tokio::spawn(admin::serve(admin_listener, admin, async {
@@ -243,16 +306,7 @@ async fn serve<S: RegistryStore>(store: Arc<S>, parts: Parts, config: Config) ->
             health.set_service_status("", ServingStatus::NotServing).await;
         }
     };
-    // With our own listener, tonic's `tcp_nodelay` does not apply: set it per
-    // connection, or small stream messages (Subscribe deliveries, Watch
-    // changes) wait ~40 ms for delayed ACKs (Nagle).
-    let incoming = TcpListenerStream::new(grpc).map(|s| {
-        if let Ok(s) = &s {
-            let _ = s.set_nodelay(true);
-        }
-        s
-    });
-    let server = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .trace_fn(telemetry::request_span)
@@ -264,8 +318,25 @@ async fn serve<S: RegistryStore>(store: Arc<S>, parts: Parts, config: Config) ->
             EventsServer::new(events_service)
                 .max_decoding_message_size(config.events.limits.max_payload.saturating_mul(2).max(16 << 20)),
         )
-        .add_service(PolicyServer::new(PolicyService::new(policies.clone(), &drain)))
-        .serve_with_incoming_shutdown(incoming, stop_accepting);
+        .add_service(PolicyServer::new(PolicyService::new(policies.clone(), &drain)));
+    let (server, accept_task, renewal_task): (ServeFuture, _, _) = match tls {
+        Some((server_config, renewal)) => {
+            let (incoming, accept) = tls::incoming(grpc, server_config, metrics.tls_handshake_failures.clone());
+            (Box::pin(router.serve_with_incoming_shutdown(incoming, stop_accepting)), Some(accept), Some(renewal))
+        }
+        None => {
+            // With our own listener, tonic's `tcp_nodelay` does not apply:
+            // set it per connection, or small stream messages (Subscribe
+            // deliveries, Watch changes) wait ~40 ms for delayed ACKs (Nagle).
+            let incoming = TcpListenerStream::new(grpc).map(|s| {
+                if let Ok(s) = &s {
+                    let _ = s.set_nodelay(true);
+                }
+                s
+            });
+            (Box::pin(router.serve_with_incoming_shutdown(incoming, stop_accepting)), None, None)
+        }
+    };
     let grace = async {
         drain.started().await;
         tokio::time::sleep(config.shutdown_grace).await;
@@ -279,6 +350,9 @@ async fn serve<S: RegistryStore>(store: Arc<S>, parts: Parts, config: Config) ->
     };
     store.close();
     trimmer.abort();
+    for t in [accept_task, renewal_task].into_iter().flatten() {
+        t.abort();
+    }
     policies.close();
     if let Some(t) = policy_dir {
         t.abort();

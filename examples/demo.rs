@@ -79,10 +79,12 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::from_settings(settings)?;
     let ca = Ca::load(config.ca.clone()).await?;
     let control = Control::start(config).await?;
-    println!("redfire-control (in-memory store) on grpc {} / admin {}", control.grpc_addr, control.admin_addr);
+    println!("redfire-control (in-memory store) on {} (TLS) / admin {}", control.grpc_url(), control.admin_addr);
     println!("watching every service:\n");
 
-    let mut client = RegistryClient::connect(format!("http://{}", control.grpc_addr)).await?;
+    // Control's API is TLS; this client trusts control's CA (the bundle
+    // control wrote to its ca_dir), as a sidecar does.
+    let mut client = RegistryClient::new(control.endpoint().connect().await?);
     let mut watch = client.watch(pb::WatchRequest::default()).await?.into_inner();
     let printer = tokio::spawn(async move {
         while let Some(Ok(m)) = watch.next().await {
@@ -156,7 +158,8 @@ async fn call_through_the_mesh(control: &Control, ca: &Ca) -> anyhow::Result<()>
     let sidecar = |service: &str, app: String, upstreams: Option<String>| -> anyhow::Result<SidecarConfig> {
         let token = token::create(ca, "default", service, Duration::from_secs(600)).map_err(anyhow::Error::msg)?;
         Ok(SidecarConfig::from_settings(SidecarSettings {
-            control_addr: Some(format!("http://{}", control.grpc_addr)),
+            control_addr: Some(control.grpc_url()),
+            control_ca_file: control.trust_bundle_file.as_ref().map(|p| p.display().to_string()),
             service: Some(service.into()),
             bootstrap_token: Some(token),
             inbound_addr: Some("127.0.0.1:0".into()),

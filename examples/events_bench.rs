@@ -59,10 +59,10 @@ fn entries(events: Vec<pb::Event>) -> Vec<pb::PublishEntry> {
     events.into_iter().map(|e| pb::PublishEntry { event: Some(e), idempotency_key: String::new() }).collect()
 }
 
-async fn clients(addr: std::net::SocketAddr) -> anyhow::Result<Vec<EventsClient<Channel>>> {
+async fn clients(control: &Control) -> anyhow::Result<Vec<EventsClient<Channel>>> {
     let mut out = Vec::new();
     for _ in 0..4 {
-        let ch = Channel::from_shared(format!("http://{addr}"))?.connect().await?;
+        let ch = control.endpoint().connect().await?;
         out.push(EventsClient::new(ch).max_decoding_message_size(64 << 20));
     }
     Ok(out)
@@ -177,7 +177,7 @@ async fn bench_store(store: &str) -> anyhow::Result<Row> {
         ..Default::default()
     };
     let control = Control::start(Config::from_settings(settings)?).await?;
-    let cs = clients(control.grpc_addr).await?;
+    let cs = clients(&control).await?;
     let single = publish_rate(&cs, "single", SINGLE, 1).await?;
     let batch = publish_rate(&cs, "batch", BATCHES, 100).await?;
     let mut lat = Vec::new();

@@ -42,11 +42,10 @@ async fn main() -> anyhow::Result<()> {
         ..Default::default()
     };
     let control = Control::start(Config::from_settings(settings)?).await?;
-    let url = format!("http://{}", control.grpc_addr);
-    println!("control on {url} (in-memory store)\n");
+    println!("control on {} (in-memory store, TLS)\n", control.grpc_url());
 
     // 1. The orders service: event-sourced Order aggregate.
-    let mut orders = EventsClient::connect(&url, "orders-service").await?;
+    let mut orders = EventsClient::connect(control.endpoint(), "orders-service").await?;
     let append = |expected: u64, ev: pb::Event| pb::AppendToAggregateRequest {
         topic: "orders".into(),
         aggregate_type: "Order".into(),
@@ -70,7 +69,7 @@ async fn main() -> anyhow::Result<()> {
     println!("orders:  order.shipped  published at {pos}\n");
 
     // 2. Billing: acks on Ok, nacks on Err.
-    let mut billing = EventsClient::connect(&url, "billing-service").await?;
+    let mut billing = EventsClient::connect(control.endpoint(), "billing-service").await?;
     let mut spec = Subscribe::new(&["orders"], "billing", "billing-1");
     spec.from_earliest = true;
     spec.limit = Some(4);

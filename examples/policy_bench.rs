@@ -240,7 +240,8 @@ async fn main() -> anyhow::Result<()> {
     let sidecar = |service: &str, upstreams: Option<String>, app_addr: String| -> anyhow::Result<SidecarConfig> {
         let tok = token::create(&ca, "default", service, Duration::from_secs(3600)).map_err(anyhow::Error::msg)?;
         Ok(SidecarConfig::from_settings(SidecarSettings {
-            control_addr: Some(format!("http://{}", control.grpc_addr)),
+            control_addr: Some(control.grpc_url()),
+            control_ca_file: control.trust_bundle_file.as_ref().map(|p| p.display().to_string()),
             service: Some(service.into()),
             bootstrap_token: Some(tok),
             inbound_addr: Some("127.0.0.1:0".into()),
@@ -263,7 +264,7 @@ async fn main() -> anyhow::Result<()> {
             && get(client.admin_addr, "/admin/endpoints").await.contains(&port)
     })
     .await?;
-    let mut api = PolicyClient::connect(format!("http://{}", control.grpc_addr)).await?;
+    let mut api = PolicyClient::new(control.endpoint().connect().await?);
 
     println!(
         "policy at the inbound sidecar: {CONNECTIONS}x{PER_CONNECTION} requests in flight, {seconds} s per scenario\n"

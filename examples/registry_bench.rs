@@ -1,10 +1,12 @@
 //! Run with: cargo run --release --example registry_bench
 //!
-//! (`-- memory` or `-- redis` benches one store only.)
+//! (`-- memory`, `-- redis`, `-- tls`, `-- plain` narrow it down.)
 //!
 //! Measures the control service's registry on both stores — in memory, and
 //! Redis at `redis://127.0.0.1:6379` under a fresh `bench-<random>` key prefix
-//! that is deleted afterwards — and prints one table row per store:
+//! that is deleted afterwards — each over the gRPC API's TLS (the default)
+//! and plaintext (`dev_insecure_control`), so what TLS costs is measured in
+//! the same run. One table row per store and transport:
 //!
 //! 1. **registrations/s**: 10,000 `Register` RPCs over gRPC from 16 concurrent
 //!    tasks sharing 4 HTTP/2 connections; the wall time gives the rate. A call
@@ -58,7 +60,7 @@ use redfire::proto::registry::v1::registry_client::RegistryClient;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Child;
 use tokio::task::JoinSet;
-use tonic::transport::Channel;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 
 const REDIS_URL: &str = "redis://127.0.0.1:6379";
 /// Instances registered in step 1 (and held for the RSS reading).
@@ -82,6 +84,28 @@ const PROPAGATION_SPACING: Duration = Duration::from_millis(10);
 const WATCH_SERVICE: &str = "bench-watch";
 /// The longest lease the control allows (5 min): nothing lapses mid-bench.
 const TTL_MS: u32 = 300_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    Tls,
+    Plain,
+}
+
+impl Transport {
+    fn name(self) -> &'static str {
+        match self {
+            Transport::Tls => "tls",
+            Transport::Plain => "plain",
+        }
+    }
+}
+
+/// How to reach a control: its address and, with TLS, its trust bundle.
+#[derive(Debug, Clone)]
+struct Dial {
+    addr: SocketAddr,
+    bundle: Option<String>,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Store {
@@ -115,25 +139,34 @@ struct Row {
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--serve") {
-        let [_, store, prefix] = args.as_slice() else { bail!("usage: registry_bench --serve <store> <redis_prefix>") };
-        return serve(store, prefix);
+        let [_, store, prefix, transport] = args.as_slice() else {
+            bail!("usage: registry_bench --serve <store> <redis_prefix> <tls|plain>")
+        };
+        return serve(store, prefix, transport == "tls");
     }
-    let mut stores = Vec::new();
+    let (mut stores, mut transports) = (Vec::new(), Vec::new());
     for a in &args {
         match a.as_str() {
             "memory" => stores.push(Store::Memory),
             "redis" => stores.push(Store::Redis),
-            other => bail!("unknown argument {other:?}; expected memory and/or redis"),
+            "tls" => transports.push(Transport::Tls),
+            "plain" => transports.push(Transport::Plain),
+            other => bail!("unknown argument {other:?}; expected memory, redis, tls, plain"),
         }
     }
     if stores.is_empty() {
         stores = vec![Store::Memory, Store::Redis];
     }
+    if transports.is_empty() {
+        transports = vec![Transport::Plain, Transport::Tls];
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let rows = runtime.block_on(async {
         let mut rows = Vec::new();
         for store in stores {
-            rows.push((store, bench_store(store).await));
+            for &transport in &transports {
+                rows.push(((store, transport), bench_store(store, transport).await));
+            }
         }
         rows
     });
@@ -145,10 +178,14 @@ fn main() -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------
 // The server process.
 
-/// `--serve`: a control service on free ports that prints `GRPC <addr>` and
-/// runs until stdin closes (the parent is done or gone) or SIGTERM/SIGINT.
-fn serve(store: &str, prefix: &str) -> anyhow::Result<()> {
+/// `--serve`: a control service on free ports that prints `GRPC <addr>
+/// <trust bundle file, or - for plaintext>` and runs until stdin closes (the
+/// parent is done or gone) or SIGTERM/SIGINT.
+fn serve(store: &str, prefix: &str, tls: bool) -> anyhow::Result<()> {
+    let bundle = std::env::temp_dir().join(format!("redfire-bench-bundle-{}.pem", std::process::id()));
     let config = Config::from_settings(Settings {
+        dev_insecure_control: Some((!tls).to_string()),
+        trust_bundle_file: Some(bundle.display().to_string()),
         grpc_addr: Some("127.0.0.1:0".into()),
         admin_addr: Some("127.0.0.1:0".into()),
         store: Some(store.into()),
@@ -169,7 +206,8 @@ fn serve(store: &str, prefix: &str) -> anyhow::Result<()> {
     let result = runtime.block_on(async {
         let _telemetry = telemetry::init("redfire-control", config.log_format, &config.log_level);
         let control = Control::start(config).await?;
-        println!("GRPC {}", control.grpc_addr);
+        let file = if control.tls { bundle.display().to_string() } else { "-".into() };
+        println!("GRPC {} {file}", control.grpc_addr);
         std::io::stdout().flush()?;
         tokio::select! {
             _ = eof_rx => {}
@@ -180,6 +218,7 @@ fn serve(store: &str, prefix: &str) -> anyhow::Result<()> {
         anyhow::Ok(())
     });
     runtime.shutdown_timeout(Duration::from_secs(1));
+    let _ = std::fs::remove_file(&bundle);
     result
 }
 
@@ -187,14 +226,14 @@ fn serve(store: &str, prefix: &str) -> anyhow::Result<()> {
 struct Server {
     child: Child,
     pid: u32,
-    addr: SocketAddr,
+    dial: Dial,
 }
 
 impl Server {
-    async fn spawn(store: Store, prefix: &str) -> anyhow::Result<Server> {
+    async fn spawn(store: Store, prefix: &str, transport: Transport) -> anyhow::Result<Server> {
         let exe = std::env::current_exe().context("current_exe")?;
         let mut child = tokio::process::Command::new(exe)
-            .args(["--serve", store.name(), prefix])
+            .args(["--serve", store.name(), prefix, transport.name()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -208,7 +247,13 @@ impl Server {
             .await
             .context("server did not print its address within 20 s")??
             .context("server exited before printing its address")?;
-        let addr = line.strip_prefix("GRPC ").with_context(|| format!("unexpected server line {line:?}"))?.parse()?;
+        let rest = line.strip_prefix("GRPC ").with_context(|| format!("unexpected server line {line:?}"))?;
+        let (addr, file) = rest.split_once(' ').with_context(|| format!("unexpected server line {line:?}"))?;
+        let bundle = match file {
+            "-" => None,
+            f => Some(std::fs::read_to_string(f).with_context(|| format!("trust bundle {f}"))?),
+        };
+        let dial = Dial { addr: addr.parse()?, bundle };
         // The server logs (warnings and up) to stdout: pass them on, marked,
         // and never let a full pipe block the server.
         let name = store.name();
@@ -217,7 +262,7 @@ impl Server {
                 eprintln!("[{name} control log] {line}");
             }
         });
-        Ok(Server { child, pid, addr })
+        Ok(Server { child, pid, dial })
     }
 
     /// `(VmRSS, VmHWM)` of the server process in MiB.
@@ -251,8 +296,9 @@ impl Server {
 // ---------------------------------------------------------------------------
 // The bench.
 
-async fn bench_store(store: Store) -> Row {
-    let name = store.name();
+async fn bench_store(store: Store, transport: Transport) -> Row {
+    let name = format!("{}/{}", store.name(), transport.name());
+    let name = name.as_str();
     let prefix = format!("bench-{:08x}", fastrand::u32(..));
     if store == Store::Redis
         && let Err(e) = redis_ping().await
@@ -267,7 +313,7 @@ async fn bench_store(store: Store) -> Row {
         if store == Store::Redis { format!(" (key prefix {prefix})") } else { String::new() }
     );
     let mut row = Row::default();
-    match Server::spawn(store, &prefix).await {
+    match Server::spawn(store, &prefix, transport).await {
         Ok(server) => {
             if let Err(e) = measure(name, &server, &mut row).await {
                 eprintln!("[{name}] FAILED: {e:#}");
@@ -297,7 +343,7 @@ async fn measure(name: &str, server: &Server, row: &mut Row) -> anyhow::Result<(
     row.rss_idle_mb = Some(idle);
     println!("[{name}] idle: RSS {idle:.1} MB");
 
-    let took = register_fleet(server.addr).await?;
+    let took = register_fleet(&server.dial).await?;
     let rate = INSTANCES as f64 / took.as_secs_f64();
     row.registrations_per_s = Some(rate);
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -309,7 +355,7 @@ async fn measure(name: &str, server: &Server, row: &mut Row) -> anyhow::Result<(
     );
 
     let base = Instant::now();
-    let watchers = Watchers::open(server.addr, base).await?;
+    let watchers = Watchers::open(&server.dial, base).await?;
     let (rss, hwm) = server.memory_mb()?;
     println!(
         "[{name}] {} watchers have their snapshot ({} failed to open) in {:.2} s; RSS {rss:.1} MB (peak {hwm:.1})",
@@ -323,7 +369,7 @@ async fn measure(name: &str, server: &Server, row: &mut Row) -> anyhow::Result<(
 
     let pid = server.pid.to_string();
     let (server_cpu, bench_cpu, wall) = (cpu_secs(&pid)?, cpu_secs("self")?, Instant::now());
-    let sent = tokio::time::timeout(Duration::from_secs(60), propagate(server.addr, base))
+    let sent = tokio::time::timeout(Duration::from_secs(60), propagate(&server.dial, base))
         .await
         .context("the timed registrations took over 60 s")??;
     let (outcomes, errors) = watchers.collect().await;
@@ -393,8 +439,15 @@ fn cpu_secs(pid: &str) -> anyhow::Result<f64> {
     Ok((ticks(11)? + ticks(12)?) as f64 / 100.0)
 }
 
-async fn connect(addr: SocketAddr, per_call: Option<Duration>) -> anyhow::Result<Channel> {
-    let mut endpoint = Channel::from_shared(format!("http://{addr}"))?.connect_timeout(Duration::from_secs(2));
+async fn connect(dial: &Dial, per_call: Option<Duration>) -> anyhow::Result<Channel> {
+    let addr = dial.addr;
+    let mut endpoint = match &dial.bundle {
+        None => Channel::from_shared(format!("http://{addr}"))?,
+        Some(pem) => Channel::from_shared(format!("https://{addr}"))?.tls_config(
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)).domain_name(addr.ip().to_string()),
+        )?,
+    }
+    .connect_timeout(Duration::from_secs(2));
     if let Some(t) = per_call {
         endpoint = endpoint.timeout(t);
     }
@@ -418,10 +471,10 @@ fn instance(service: String, instance_id: String, i: usize) -> pb::Instance {
 }
 
 /// Step 1: registers `INSTANCES` instances; returns the wall time.
-async fn register_fleet(addr: SocketAddr) -> anyhow::Result<Duration> {
+async fn register_fleet(dial: &Dial) -> anyhow::Result<Duration> {
     let mut channels = Vec::new();
     for _ in 0..REGISTER_CHANNELS {
-        channels.push(connect(addr, Some(Duration::from_secs(5))).await?);
+        channels.push(connect(dial, Some(Duration::from_secs(5))).await?);
     }
     let started = Instant::now();
     let mut tasks = JoinSet::new();
@@ -448,8 +501,8 @@ async fn register_fleet(addr: SocketAddr) -> anyhow::Result<Duration> {
 
 /// Step 2, sending side: `PROPAGATIONS` registrations of `WATCH_SERVICE`, one
 /// at a time, each stamped with its send time. Returns how many were sent.
-async fn propagate(addr: SocketAddr, base: Instant) -> anyhow::Result<usize> {
-    let mut client = RegistryClient::new(connect(addr, Some(Duration::from_secs(5))).await?);
+async fn propagate(dial: &Dial, base: Instant) -> anyhow::Result<usize> {
+    let mut client = RegistryClient::new(connect(dial, Some(Duration::from_secs(5))).await?);
     for i in 0..PROPAGATIONS {
         let mut inst = instance(WATCH_SERVICE.into(), format!("w-{i:03}"), i);
         inst.metadata.insert("sent_ns".into(), base.elapsed().as_nanos().to_string());
@@ -478,11 +531,11 @@ struct Watchers {
 
 impl Watchers {
     /// Opens every stream and returns once each has its snapshot (or failed).
-    async fn open(addr: SocketAddr, base: Instant) -> anyhow::Result<Watchers> {
+    async fn open(dial: &Dial, base: Instant) -> anyhow::Result<Watchers> {
         let mut channels = Vec::new();
         for _ in 0..WATCH_CHANNELS {
             // No per-call timeout: it would cut the streams; opens are bounded below.
-            channels.push(connect(addr, None).await?);
+            channels.push(connect(dial, None).await?);
         }
         let ready = Arc::new(AtomicUsize::new(0));
         let failed = Arc::new(AtomicUsize::new(0));
@@ -631,9 +684,10 @@ async fn redis_delete_prefix(prefix: &str) -> anyhow::Result<usize> {
 // ---------------------------------------------------------------------------
 // Output.
 
-fn print_table(rows: &[(Store, Row)]) {
+fn print_table(rows: &[((Store, Transport), Row)]) {
     let header = [
         "store",
+        "transport",
         "registrations/s",
         "watch p50 ms",
         "watch p99 ms",
@@ -645,9 +699,10 @@ fn print_table(rows: &[(Store, Row)]) {
     let num = |v: Option<f64>, decimals: usize| v.map(|v| format!("{v:.decimals$}")).unwrap_or_else(|| "-".into());
     let cells: Vec<Vec<String>> = rows
         .iter()
-        .map(|(store, r)| {
+        .map(|((store, transport), r)| {
             vec![
                 store.name().to_string(),
+                transport.name().to_string(),
                 num(r.registrations_per_s, 0),
                 num(r.p50_ms, 2),
                 num(r.p99_ms, 2),
@@ -674,7 +729,7 @@ fn print_table(rows: &[(Store, Row)]) {
     println!();
     for (store, r) in rows {
         if let Some(note) = &r.note {
-            println!("note ({}): {note}", store.name());
+            println!("note ({}/{}): {note}", store.0.name(), store.1.name());
         }
     }
     println!(

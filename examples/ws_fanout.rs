@@ -189,12 +189,12 @@ async fn run() -> anyhow::Result<()> {
     let config = Config::from_settings(settings).map_err(|e| anyhow::anyhow!("{e}"))?;
     let ca = Ca::load(config.ca.clone()).await?;
     let control = Control::start(config).await?;
-    let control_url = format!("http://{}", control.grpc_addr);
+    let control_url = control.grpc_url();
+    let control_ca = control.trust_bundle_file.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
     let policy = format!(
         "[jwt]\n[[jwt.issuers]]\nissuer = \"bench\"\naudiences = [\"bench\"]\nalgorithms = [\"HS256\"]\nkeys = [{{ secret = \"{SECRET}\" }}]\n\n[[topics]]\nname = \"bench\"\nsubscribe = [\"*\"]\n"
     );
-    PolicyClient::connect(control_url.clone())
-        .await?
+    PolicyClient::new(control.endpoint().connect().await?)
         .set(ppb::SetRequest { service: "gateway".into(), toml: policy })
         .await?;
     let routes = dir.join("routes.toml");
@@ -207,7 +207,7 @@ async fn run() -> anyhow::Result<()> {
         &claims,
         &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
     )?;
-    let mut publisher = EventsClient::connect(&control_url, "bench").await?;
+    let mut publisher = EventsClient::connect(control.endpoint(), "bench").await?;
 
     println!(
         "| placement | subscribers | connect s | p50 ms | p99 ms | max ms | deliveries | gateway CPU ms/event | clients CPU ms/event | RSS before MB | RSS idle MB | per conn KB |"
@@ -228,7 +228,7 @@ async fn run() -> anyhow::Result<()> {
         };
         let child = command
             .args(["--mode", "gateway", "--service", "gateway", "--instance-id", "bench-gw"])
-            .args(["--control-addr", &control_url, "--bootstrap-token", &bootstrap])
+            .args(["--control-addr", &control_url, "--control-ca-file", &control_ca, "--bootstrap-token", &bootstrap])
             .args([
                 "--gateway-addr",
                 &format!("127.0.0.1:{gw_port}"),

@@ -169,7 +169,7 @@ impl Admin {
                     self.creds.borrow().as_ref().map(|c| (c.spiffe_id.clone(), format!("{:?}", c.not_after)));
                 let body = serde_json::json!({
                     "service": c.service, "namespace": c.namespace, "instance_id": c.instance_id,
-                    "control_addr": c.control_addr, "inbound_addr": c.inbound_addr.to_string(),
+                    "control_addr": c.control.url, "inbound_addr": c.inbound_addr.to_string(),
                     "outbound_addr": c.outbound_addr.to_string(), "app_addr": c.app_addr.to_string(),
                     "app_protocol": format!("{:?}", c.app_protocol), "balancer": format!("{:?}", c.balancer),
                     "max_in_flight": c.max_in_flight,

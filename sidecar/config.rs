@@ -19,12 +19,13 @@ use clap::{Args, Parser};
 use http::HeaderName;
 use serde::Deserialize;
 
-use crate::mesh::process::settings::{ConfigError, addr, duration, err, log_settings, read_toml};
+use crate::mesh::process::settings::{ConfigError, addr, default_ca_dir, duration, err, log_settings, read_toml};
 use crate::mesh::process::telemetry::LogFormat;
 use crate::mesh::registry::validate_service_name;
 use crate::sidecar::inbound::AppProtocol;
 use crate::sidecar::inbound::app_health::{CheckKind, HealthCheckConfig};
 use crate::sidecar::outbound::balance::{Balancing, Policy, ZonePreference};
+use crate::sidecar::transport::control::ControlTarget;
 
 /// Command line of `redfire-sidecar`.
 #[derive(Debug, Parser)]
@@ -46,9 +47,15 @@ pub struct Cli {
 #[derive(Debug, Default, Clone, Args, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
-    /// Control's gRPC address [default: http://127.0.0.1:15010]
+    /// Control's gRPC address [default: https://127.0.0.1:15010]
     #[arg(long, env = "REDFIRE_CONTROL_ADDR")]
     pub control_addr: Option<String>,
+    /// The mesh trust bundle (PEM) control's certificate must chain to, from control's trust_bundle_file or `redfire-control trust-bundle` [default: bundle.pem in the default CA directory of a control on this machine]
+    #[arg(long, env = "REDFIRE_CONTROL_CA_FILE")]
+    pub control_ca_file: Option<String>,
+    /// Allow a plaintext http:// control_addr: for local experiments only, warned at start [default: false]
+    #[arg(long, env = "REDFIRE_DEV_INSECURE_CONTROL", num_args = 0..=1, default_missing_value = "true")]
+    pub dev_insecure_control: Option<String>,
     /// The service this sidecar stands beside (DNS-1123 label) [required]
     #[arg(long, env = "REDFIRE_SERVICE")]
     pub service: Option<String>,
@@ -239,8 +246,8 @@ pub struct Config {
     pub gateway: Option<GatewayConfig>,
     /// Extra instance metadata registered with the instance.
     pub metadata: Vec<(String, String)>,
-    /// Control's gRPC URI.
-    pub control_addr: String,
+    /// Control: its gRPC URL and the trust bundle its certificate must chain to.
+    pub control: ControlTarget,
     /// Own service.
     pub service: String,
     /// Own namespace.
@@ -309,6 +316,8 @@ impl Settings {
         }
         pick!(
             control_addr,
+            control_ca_file,
+            dev_insecure_control,
             service,
             namespace,
             trust_domain,
@@ -382,6 +391,7 @@ impl Config {
 
     /// Validates raw settings, filling defaults.
     pub fn from_settings(s: Settings) -> Result<Config, ConfigError> {
+        let control = control_target(&s)?;
         let mode = match s.mode.as_deref().unwrap_or("sidecar") {
             "sidecar" => Mode::Sidecar,
             "gateway" => Mode::Gateway,
@@ -399,10 +409,6 @@ impl Config {
             .bootstrap_token
             .filter(|t| !t.is_empty())
             .ok_or_else(|| err("bootstrap_token", "missing: create one with `redfire-control token create`"))?;
-        let control_addr = s.control_addr.unwrap_or_else(|| "http://127.0.0.1:15010".into());
-        if control_addr.parse::<http::Uri>().map(|u| u.scheme().is_none()).unwrap_or(true) {
-            return Err(err("control_addr", format!("{control_addr:?} is not a URI like http://127.0.0.1:15010")));
-        }
         let mut upstreams = Vec::new();
         for entry in s.upstreams.as_deref().unwrap_or("").split(',').map(str::trim).filter(|e| !e.is_empty()) {
             let (name, listen) = entry
@@ -490,7 +496,7 @@ impl Config {
             mode,
             gateway,
             metadata,
-            control_addr,
+            control,
             instance_id: s.instance_id.unwrap_or_else(|| format!("{service}-{}", std::process::id())),
             service,
             namespace,
@@ -560,6 +566,44 @@ impl Config {
             local_zone: self.zone.clone(),
             min_healthy_percent: self.zone_min_healthy_percent,
         })
+    }
+}
+
+/// Control's URL and trust bundle: `https://` (the default) needs the bundle
+/// (`control_ca_file`, read now so a bad path stops the start); `http://`
+/// needs `dev_insecure_control`.
+fn control_target(s: &Settings) -> Result<ControlTarget, ConfigError> {
+    let url = s.control_addr.clone().unwrap_or_else(|| "https://127.0.0.1:15010".into());
+    let scheme = url.parse::<http::Uri>().ok().and_then(|u| u.scheme_str().map(str::to_string));
+    let insecure = match s.dev_insecure_control.as_deref().unwrap_or("false") {
+        "true" | "1" => true,
+        "false" | "0" => false,
+        other => return Err(err("dev_insecure_control", format!("{other:?} is not true or false"))),
+    };
+    match scheme.as_deref() {
+        Some("https") => {
+            let path = match &s.control_ca_file {
+                Some(p) => PathBuf::from(p),
+                None => default_ca_dir().join("bundle.pem"),
+            };
+            let pem = std::fs::read_to_string(&path).map_err(|e| {
+                err("control_ca_file", format!("{}: {e} (control writes it: trust_bundle_file)", path.display()))
+            })?;
+            ControlTarget::new(url, Some(pem)).map_err(|e| {
+                let (key, msg) = e.split_once(": ").unwrap_or(("control_addr", e.as_str()));
+                err(key, format!("{}: {msg}", path.display()))
+            })
+        }
+        Some("http") if insecure => {
+            ControlTarget::new(url, None).map_err(|e| err("control_addr", e.trim_start_matches("control_addr: ")))
+        }
+        Some("http") => Err(err(
+            "control_addr",
+            format!(
+                "{url:?} is plaintext: use https:// with control_ca_file, or dev_insecure_control for local experiments"
+            ),
+        )),
+        _ => Err(err("control_addr", format!("{url:?} is not a URL like https://127.0.0.1:15010"))),
     }
 }
 

@@ -44,6 +44,7 @@ use crate::proto::policy::v1::policy_client::PolicyClient;
 use crate::sidecar::metrics::Metrics;
 use crate::sidecar::ratelimit::{RateLimitMetrics, RateLimiter, RedisBackend, RequestFacts};
 use crate::sidecar::shared::errors::ProxyError;
+use crate::sidecar::transport::control::ControlTarget;
 use authz::Authz;
 use jwks::JwksRegistry;
 use jwt::JwtAuth;
@@ -304,7 +305,7 @@ impl Policy {
 
     /// Starts watching control at `control` for `service`'s policy.
     pub fn spawn(
-        control: &str,
+        control: &ControlTarget,
         service: &str,
         metrics: Arc<Metrics>,
         limits: Limits,

@@ -19,7 +19,6 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tonic::transport::Endpoint as GrpcEndpoint;
 
 use crate::mesh::process::shutdown::Drain;
 use crate::proto::registry::v1 as pb;
@@ -153,6 +152,12 @@ impl Sidecar {
             None => None,
         };
 
+        if !config.control.is_tls() {
+            tracing::warn!(
+                "dev_insecure_control is on: the connection to control is PLAINTEXT (bootstrap token, policies \
+                 and endpoints readable and forgeable on the network); for local experiments only"
+            );
+        }
         if config.dev_plaintext {
             tracing::warn!(
                 "dev_plaintext is on: traffic between sidecars is NOT encrypted and callers are NOT \
@@ -173,12 +178,12 @@ impl Sidecar {
         limits.metrics.register(metrics.registry_mut());
         let metrics = Arc::new(metrics);
         let (creds, identity_task) =
-            identity::spawn(IdentityConfig::new(config.control_addr.clone(), config.bootstrap_token.clone()))
+            identity::spawn(IdentityConfig::new(config.control.clone(), config.bootstrap_token.clone()))
                 .map_err(|e| SidecarError::Start(e.to_string()))?;
         let (discovery, discovery_task) = discovery::spawn(&config).map_err(SidecarError::Start)?;
 
-        let (policy, policy_task) = Policy::spawn(&config.control_addr, &config.service, metrics.clone(), limits)
-            .map_err(SidecarError::Start)?;
+        let (policy, policy_task) =
+            Policy::spawn(&config.control, &config.service, metrics.clone(), limits).map_err(SidecarError::Start)?;
 
         // The inbound TLS config follows the credentials (rotation: new
         // connections get the new certificate; none while there is none).
@@ -188,8 +193,10 @@ impl Sidecar {
         let drain = Drain::default();
         let (finished_tx, finished_rx) = watch::channel(false);
         let registry = RegistryClient::new(
-            GrpcEndpoint::from_shared(config.control_addr.clone())
-                .map_err(|e| SidecarError::Start(format!("control_addr: {e}")))?
+            config
+                .control
+                .endpoint()
+                .map_err(SidecarError::Start)?
                 .connect_timeout(Duration::from_secs(2))
                 .tcp_nodelay(true)
                 .timeout(Duration::from_secs(5))
@@ -247,7 +254,7 @@ impl Sidecar {
                     let replica = ws.replica.clone().unwrap_or_else(|| config.instance_id.clone());
                     let hub = Hub::new(
                         ws.clone(),
-                        &config.control_addr,
+                        &config.control,
                         &replica,
                         &config.service,
                         policy.clone(),

@@ -27,9 +27,8 @@ fn events_settings(base: Settings) -> Settings {
     }
 }
 
-async fn raw(addr: std::net::SocketAddr) -> Raw<Channel> {
-    let ch = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.expect("connect");
-    Raw::new(ch)
+async fn raw(control: &redfire::control::server::Control) -> Raw<Channel> {
+    Raw::new(support::channel(control).await)
 }
 
 fn ev(ty: &str, subject: &str, data: &[u8]) -> pb::Event {
@@ -117,7 +116,7 @@ fn ack(topic: &str, position: &str) -> pb::subscribe_request::Command {
 #[tokio::test]
 async fn each_bad_input_gets_its_own_status() {
     let control = support::control(events_settings(support::settings())).await;
-    let mut c = raw(control.grpc_addr).await;
+    let mut c = raw(&control).await;
     let code = |r: Result<tonic::Response<pb::PublishResponse>, tonic::Status>| r.unwrap_err().code();
     assert_eq!(code(c.publish(publish_req("", vec![ev("t", "", b"")])).await), Code::InvalidArgument);
     assert_eq!(code(c.publish(publish_req("bad topic", vec![ev("t", "", b"")])).await), Code::InvalidArgument);
@@ -178,7 +177,7 @@ async fn each_bad_input_gets_its_own_status() {
 #[tokio::test]
 async fn subscribe_acks_nacks_extends_and_reports_command_errors_in_the_stream() {
     let control = support::control(events_settings(support::settings())).await;
-    let mut c = raw(control.grpc_addr).await;
+    let mut c = raw(&control).await;
     let positions = publish(&mut c, "orders", 2).await;
     let mut a = Sub::open(&mut c, "orders", "billing", "a").await.unwrap();
     let d1 = a.delivery().await;
@@ -240,14 +239,14 @@ async fn replay_after_a_restart_returns_exactly_the_events_since_the_position() 
     let prefix = support::unique_prefix("replay");
     let settings = || events_settings(support::redis_settings(&url, &prefix));
     let first = support::control(settings()).await;
-    let mut c = raw(first.grpc_addr).await;
+    let mut c = raw(&first).await;
     let before = publish(&mut c, "orders", 10).await;
     let mark = before[3].clone();
     first.shutdown();
     first.wait().await.unwrap();
 
     let second = support::control(settings()).await;
-    let mut c = raw(second.grpc_addr).await;
+    let mut c = raw(&second).await;
     let after = publish(&mut c, "orders", 5).await;
     let replay = |from: pb::replay_request::From, aggregate: &str| pb::ReplayRequest {
         topic: "orders".into(),
@@ -283,8 +282,7 @@ async fn replay_after_a_restart_returns_exactly_the_events_since_the_position() 
 #[tokio::test]
 async fn the_rust_client_publishes_domain_events_and_acks_on_ok_nacks_on_err() {
     let control = support::control(events_settings(support::settings())).await;
-    let url = format!("http://{}", control.grpc_addr);
-    let mut c = EventsClient::connect(&url, "orders-service").await.unwrap();
+    let mut c = EventsClient::connect(control.endpoint(), "orders-service").await.unwrap();
     let mut spec = Subscribe::new(&["orders"], "billing", "b1");
     spec.from_earliest = true;
     spec.limit = Some(3);
@@ -301,7 +299,7 @@ async fn the_rust_client_publishes_domain_events_and_acks_on_ok_nacks_on_err() {
         .unwrap();
     assert_eq!(handled, 3);
     assert_eq!(seen, vec![("order.created".into(), 1), ("order.paid".into(), 1), ("order.paid".into(), 2)]);
-    let mut raw = raw(control.grpc_addr).await;
+    let mut raw = raw(&control).await;
     let info = raw.describe_topic(pb::DescribeTopicRequest { topic: "orders".into() }).await.unwrap().into_inner();
     assert_eq!(info.groups[0].pending, 0, "both acked");
     control.shutdown();
@@ -317,8 +315,8 @@ async fn a_publish_through_one_replica_reaches_a_subscriber_on_another() {
         ..events_settings(support::redis_settings(&url, &prefix))
     };
     let (a, b) = (support::control(settings()).await, support::control(settings()).await);
-    let mut ca = raw(a.grpc_addr).await;
-    let mut cb = raw(b.grpc_addr).await;
+    let mut ca = raw(&a).await;
+    let mut cb = raw(&b).await;
     publish(&mut ca, "orders", 1).await;
     let mut sub = Sub::open(&mut cb, "orders", "billing", "b1").await.unwrap();
     assert_eq!(sub.delivery().await.delivery_count, 1);

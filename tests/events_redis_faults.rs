@@ -182,8 +182,7 @@ async fn publishes_fail_fast_with_unavailable_while_redis_is_down_and_work_after
     }
     let mut redis = support::RedisServer::start();
     let control = support::control(support::redis_settings(&redis.url(), "outage")).await;
-    let ch = tonic::transport::Channel::from_shared(format!("http://{}", control.grpc_addr)).unwrap();
-    let mut c = pb::events_client::EventsClient::new(ch.connect().await.unwrap());
+    let mut c = pb::events_client::EventsClient::new(support::channel(&control).await);
     let req = || pb::PublishRequest {
         topic: "orders".into(),
         events: vec![pb::PublishEntry {

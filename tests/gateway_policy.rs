@@ -78,7 +78,7 @@ async fn jwt_user_calls_a_service_through_the_gateway_and_refusals_are_json() {
         SidecarSettings::default(),
     )
     .await;
-    let v = set_policy(m.control.grpc_addr, "gateway", &gateway_policy()).await;
+    let v = set_policy(&m.control, "gateway", &gateway_policy()).await;
     wait_version(m.gateway.admin_addr, v).await;
 
     let alice = rs256(&claims("alice", &["trader"]), Some("k1"), RSA_PRIVATE);
@@ -168,7 +168,7 @@ async fn routes_come_from_control_and_hot_reload_with_the_policy() {
     let routes = |prefix: &str| {
         format!("[[route]]\nname = \"users\"\npath_prefix = \"{prefix}\"\nrewrite = \"/users\"\nservice = \"users\"\n")
     };
-    let v = set_policy(m.control.grpc_addr, "gateway", &routes("/api/v1/users")).await;
+    let v = set_policy(&m.control, "gateway", &routes("/api/v1/users")).await;
     wait_version(m.gateway.admin_addr, v).await;
     let (status, _, body) = http1(m.addr, "GET", "/api/v1/users/42", &[], b"").await;
     assert_eq!((status, json(&body)["path"].as_str()), (200, Some("/users/42")));
@@ -176,13 +176,13 @@ async fn routes_come_from_control_and_hot_reload_with_the_policy() {
     assert!(admin.contains(&format!("control policy v{v}")), "{admin}");
 
     // A new version moves the route; requests follow without a restart.
-    let v = set_policy(m.control.grpc_addr, "gateway", &routes("/api/v2/users")).await;
+    let v = set_policy(&m.control, "gateway", &routes("/api/v2/users")).await;
     wait_version(m.gateway.admin_addr, v).await;
     assert_eq!(http1(m.addr, "GET", "/api/v1/users/42", &[], b"").await.0, 404);
     assert_eq!(http1(m.addr, "GET", "/api/v2/users/42", &[], b"").await.0, 200);
 
     // Control refuses a broken route table, naming the field; the one in force stays.
-    let mut c = policy_client(m.control.grpc_addr).await;
+    let mut c = policy_client(&m.control).await;
     let bad = "[[route]]\nname = \"users\"\npath_prefix = \"/x\"\nservice = \"users\"\ntimeout = \"soon\"\n";
     let err = c
         .set(redfire::proto::policy::v1::SetRequest { service: "gateway".into(), toml: bad.into() })

@@ -75,7 +75,7 @@ async fn hub(replicas: usize, extra: SidecarSettings) -> Hub {
 async fn hub_on(control_settings: ControlSettings, policy: &str, replicas: usize, extra: SidecarSettings) -> Hub {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let control = control(control_settings.clone()).await;
-    let version = set_policy(control.grpc_addr, "gateway", policy).await;
+    let version = set_policy(&control, "gateway", policy).await;
     let ca = Ca::load(Config::from_settings(control_settings).unwrap().ca).await.unwrap();
     let routes = TempFile::new("routes.toml", ROUTES);
     let mut gateways = Vec::new();
@@ -84,7 +84,8 @@ async fn hub_on(control_settings: ControlSettings, policy: &str, replicas: usize
             mode: Some("gateway".into()),
             gateway_addr: Some("127.0.0.1:0".into()),
             routes: Some(routes.0.display().to_string()),
-            control_addr: Some(format!("http://{}", control.grpc_addr)),
+            control_addr: Some(control.grpc_url()),
+            control_ca_file: control.trust_bundle_file.as_ref().map(|p| p.display().to_string()),
             service: Some("gateway".into()),
             instance_id: Some(format!("gw-{i}")),
             bootstrap_token: Some(token::create(&ca, "default", "gateway", Duration::from_secs(600)).unwrap()),
@@ -170,8 +171,7 @@ async fn an_event_reaches_each_replica_subscriber_exactly_once_and_ws_publishes_
     let refused = subscribe(&mut b, "bad topic").await;
     assert_eq!(refused["code"], "bad_topic", "{refused}");
 
-    let mut service =
-        EventsClient::connect(&format!("http://{}", h.control.grpc_addr), "signals-service").await.unwrap();
+    let mut service = EventsClient::connect(h.control.endpoint(), "signals-service").await.unwrap();
     service.publish_domain_event("payments", "payment.made", "p-1", "Payment", b"{}".to_vec()).await.unwrap();
     let body = br#"{"symbol":"BTC-USD","side":"buy"}"#.to_vec();
     let position =
@@ -311,7 +311,7 @@ async fn a_reader_that_stops_is_closed_as_a_slow_consumer() {
 
     // `slow` reads nothing from here on: 24 MiB of events is more than the
     // socket buffers on both sides hold, so its queue fills.
-    let mut c = EventsClient::connect(&format!("http://{}", h.control.grpc_addr), "flood").await.unwrap();
+    let mut c = EventsClient::connect(h.control.endpoint(), "flood").await.unwrap();
     let payload = format!("{{\"pad\":\"{}\"}}", "p".repeat(64 * 1024));
     let (batches, per_batch) = (48, 8);
     for _ in 0..batches {
@@ -389,7 +389,7 @@ async fn a_silent_client_is_closed_after_the_pong_timeout_and_every_client_at_dr
     let code = close_code(&mut silent).await;
     assert!(matches!(code, None | Some(CloseCode::Away)), "{code:?}");
     assert_eq!(metric(gw, "redfire_sidecar_gateway_ws_closes_total{reason=\"pong_timeout\"}").await, 1.0);
-    let events = pb::events_client::EventsClient::connect(format!("http://{}", h.control.grpc_addr)).await.unwrap();
+    let events = pb::events_client::EventsClient::new(support::channel(&h.control).await);
     let groups = || {
         let mut events = events.clone();
         async move {
@@ -444,12 +444,15 @@ async fn across_a_control_restart_on_redis_every_event_arrives_once() {
     let gw = &h.gateways[0];
     let mut ws = open_as(addr(gw), "judy", &["viewer"]).await;
     assert_eq!(subscribe(&mut ws, "trading_signals").await["type"], "ack");
-    let publish = |control: SocketAddr, n: u32| async move {
-        let mut c = EventsClient::connect(&format!("http://{control}"), "signals").await.unwrap();
-        let data = format!("{{\"n\":{n}}}").into_bytes();
-        c.publish_domain_event("trading_signals", "signal.created", "s", "Signal", data).await.unwrap();
+    let publish = |control: &Control, n: u32| {
+        let endpoint = control.endpoint();
+        async move {
+            let mut c = EventsClient::connect(endpoint, "signals").await.unwrap();
+            let data = format!("{{\"n\":{n}}}").into_bytes();
+            c.publish_domain_event("trading_signals", "signal.created", "s", "Signal", data).await.unwrap();
+        }
     };
-    publish(h.control.grpc_addr, 1).await;
+    publish(&h.control, 1).await;
     expect_n(&mut ws, 1).await;
 
     // The gateway's control goes away; another replica on the same Redis
@@ -458,10 +461,10 @@ async fn across_a_control_restart_on_redis_every_event_arrives_once() {
     first.shutdown();
     first.wait().await.unwrap();
     let other = control(on_port(0)).await;
-    publish(other.grpc_addr, 2).await;
+    publish(&other, 2).await;
     let back = control(on_port(port)).await;
     expect_n(&mut ws, 2).await;
-    publish(back.grpc_addr, 3).await;
+    publish(&back, 3).await;
     expect_n(&mut ws, 3).await;
     let more = next_json(&mut ws, Duration::from_millis(800)).await;
     assert!(more.is_none(), "no event twice: {more:?}");

@@ -18,8 +18,8 @@ use tonic::Code;
 use tonic::transport::Channel;
 use x509_parser::prelude::*;
 
-async fn identity_client(addr: std::net::SocketAddr) -> IdentityClient<Channel> {
-    IdentityClient::connect(format!("http://{addr}")).await.expect("connect")
+async fn identity_client(control: &redfire::control::server::Control) -> IdentityClient<Channel> {
+    IdentityClient::new(channel(control).await)
 }
 
 /// A CSR for a fresh key, asking (uselessly) for `san`.
@@ -63,7 +63,7 @@ use pb::issue_certificate_request::Credential::{BootstrapToken, CurrentCertifica
 async fn token_gets_a_spiffe_certificate_chained_to_the_root() {
     let ctl = control(settings()).await;
     let tok = token::create(&ca_of(settings()).await, "trading", "orders", Duration::from_secs(600)).unwrap();
-    let mut c = identity_client(ctl.grpc_addr).await;
+    let mut c = identity_client(&ctl).await;
     // The CSR asks for another identity: the CA decides, from the token.
     let (_key, csr_pem) = csr(Some("spiffe://redfire.local/ns/kube-system/sa/admin"));
     let r = c.issue_certificate(issue_req(csr_pem, BootstrapToken(tok))).await.unwrap().into_inner();
@@ -92,7 +92,7 @@ async fn token_gets_a_spiffe_certificate_chained_to_the_root() {
 async fn renewal_with_the_current_certificate_keeps_the_identity() {
     let ctl = control(settings()).await;
     let tok = token::create(&ca_of(settings()).await, "default", "users", Duration::from_secs(600)).unwrap();
-    let mut c = identity_client(ctl.grpc_addr).await;
+    let mut c = identity_client(&ctl).await;
     let key = KeyPair::generate().unwrap();
     let first = c.issue_certificate(issue_req(csr_for(&key), BootstrapToken(tok))).await.unwrap().into_inner();
 
@@ -115,7 +115,7 @@ async fn renewal_with_the_current_certificate_keeps_the_identity() {
 async fn bad_credentials_and_bad_csrs_are_refused_with_a_reason() {
     let ctl = control(settings()).await;
     let ca = ca_of(settings()).await;
-    let mut c = identity_client(ctl.grpc_addr).await;
+    let mut c = identity_client(&ctl).await;
     let (key, good_csr) = csr(None);
 
     // A token from another mesh's CA.
@@ -203,7 +203,7 @@ async fn operator_root_files_and_extra_roots_make_the_bundle() {
         ..settings()
     };
     let ctl = control(s).await;
-    let mut c = identity_client(ctl.grpc_addr).await;
+    let mut c = identity_client(&ctl).await;
     let bundle = c.get_trust_bundle(pb::GetTrustBundleRequest {}).await.unwrap().into_inner().trust_bundle_pem;
     assert_eq!(pem_blocks(&bundle), [pem_blocks(&cert), pem_blocks(&next_root)].concat(), "current root, then next");
     ctl.shutdown();
@@ -216,7 +216,7 @@ async fn replicas_on_redis_share_one_ca() {
     let prefix = unique_prefix("ca");
     let a = control(redis_settings(&url, &prefix)).await;
     let b = control(redis_settings(&url, &prefix)).await;
-    let (mut ca, mut cb) = (identity_client(a.grpc_addr).await, identity_client(b.grpc_addr).await);
+    let (mut ca, mut cb) = (identity_client(&a).await, identity_client(&b).await);
     let bundle_a = ca.get_trust_bundle(pb::GetTrustBundleRequest {}).await.unwrap().into_inner().trust_bundle_pem;
     let bundle_b = cb.get_trust_bundle(pb::GetTrustBundleRequest {}).await.unwrap().into_inner().trust_bundle_pem;
     assert_eq!(bundle_a, bundle_b);
@@ -239,7 +239,7 @@ async fn token_create_command_prints_a_working_token() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let tok = String::from_utf8(out.stdout).unwrap().trim().to_string();
     let (_, csr_pem) = csr(None);
-    let mut c = identity_client(ctl.grpc_addr).await;
+    let mut c = identity_client(&ctl).await;
     let r = c.issue_certificate(issue_req(csr_pem, BootstrapToken(tok))).await.unwrap().into_inner();
     assert_eq!(r.spiffe_id, "spiffe://redfire.local/ns/default/sa/strategies");
     let bad = Command::new(env!("CARGO_BIN_EXE_redfire-control"))

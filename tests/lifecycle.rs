@@ -29,7 +29,8 @@ async fn sigterm_drains_and_exits_zero() {
         .await,
         "control became ready"
     );
-    let mut c = client(format!("127.0.0.1:{grpc}").parse().unwrap()).await;
+    let bundle = std::path::Path::new(&test_ca_dir()).join("bundle.pem");
+    let mut c = pb::registry_client::RegistryClient::new(process_channel(grpc, &bundle).await);
     register(&mut c, instance("orders", "a"), 0).await;
     let mut w = Watcher::open(&mut c, pb::WatchRequest::default()).await;
     w.snapshot(Duration::from_secs(5)).await;
@@ -85,7 +86,8 @@ async fn sidecar_sigterm_reports_draining_deregisters_and_exits_zero() {
     let tok = token::create(&ca, "default", "lifecycle", Duration::from_secs(600)).unwrap();
     let admin = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_redfire-sidecar"))
-        .args(["--control-addr", &format!("http://{}", ctl.grpc_addr), "--service", "lifecycle"])
+        .args(["--control-addr", &ctl.grpc_url(), "--service", "lifecycle"])
+        .args(["--control-ca-file", &ctl.trust_bundle_file.as_ref().unwrap().display().to_string()])
         .args(["--inbound-addr", "127.0.0.1:0", "--outbound-addr", "127.0.0.1:0"])
         .args(["--admin-addr", &format!("127.0.0.1:{admin}"), "--shutdown-grace", "2s", "--log-level", "warn"])
         .env("REDFIRE_BOOTSTRAP_TOKEN", tok)
@@ -98,7 +100,7 @@ async fn sidecar_sigterm_reports_draining_deregisters_and_exits_zero() {
         tokio::net::TcpStream::connect(admin_addr).await.is_ok() && http_get(admin_addr, "/ready").await.0 == 200
     });
     assert!(ready.await, "sidecar ready");
-    let mut c = client(ctl.grpc_addr).await;
+    let mut c = client(&ctl).await;
     let mut w =
         Watcher::open(&mut c, pb::WatchRequest { services: vec!["lifecycle".into()], ..Default::default() }).await;
     let snapshot = w.snapshot(Duration::from_secs(5)).await;

@@ -24,7 +24,7 @@ namespaces = { ops = "allow" }
 from = ["spiffe://redfire.local/ns/default/sa/client"]
 paths = ["/orders.v1.Orders/*"]
 "#;
-    let v = set_policy(m.control.grpc_addr, "echo", policy).await;
+    let v = set_policy(&m.control, "echo", policy).await;
     wait_version(m.server_side.admin_addr, v).await;
 
     let mut allowed = h2c_client(m.client_side.upstream_addrs[0].1).await;
@@ -93,7 +93,7 @@ path = "/orders/*"
 permission = "orders.read"
 "#
     );
-    let v = set_policy(m.control.grpc_addr, "echo", &policy).await;
+    let v = set_policy(&m.control, "echo", &policy).await;
     wait_version(m.server_side.admin_addr, v).await;
     let mut c = h2c_client(m.client_side.upstream_addrs[0].1).await;
     let token = |roles: &[&str]| bearer(&hs256(&claims("u1", roles), SECRET.as_bytes()));
@@ -167,7 +167,7 @@ permission = "admin"
     let mut conn = redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
     let _: () =
         redis::cmd("SADD").arg(format!("{prefix}:roles:carol")).arg("admin").query_async(&mut conn).await.unwrap();
-    let v = set_policy(m.control.grpc_addr, "echo", &policy).await;
+    let v = set_policy(&m.control, "echo", &policy).await;
     wait_version(m.server_side.admin_addr, v).await;
     let mut c = h2c_client(m.client_side.upstream_addrs[0].1).await;
     let carol = bearer(&hs256(&claims("carol", &[]), SECRET.as_bytes()));

@@ -31,7 +31,7 @@ keys = [{{ kid = "k1", pem = """{RSA_PUBLIC}""" }}]
 async fn hostile_tokens_get_401_and_never_reach_the_app() {
     let (app, seen) = recording_app().await;
     let m = mesh(app, "h2c", None).await;
-    let v = set_policy(m.control.grpc_addr, "echo", &static_key_policy("30s")).await;
+    let v = set_policy(&m.control, "echo", &static_key_policy("30s")).await;
     wait_version(m.server_side.admin_addr, v).await;
     let mut c = h2c_client(m.client_side.upstream_addrs[0].1).await;
 
@@ -131,7 +131,7 @@ async fn hostile_tokens_get_401_and_never_reach_the_app() {
 async fn clock_skew_is_accepted_just_inside_the_leeway_and_refused_just_outside() {
     let (app, _) = recording_app().await;
     let m = mesh(app, "h2c", None).await;
-    let v = set_policy(m.control.grpc_addr, "echo", &static_key_policy("30s")).await;
+    let v = set_policy(&m.control, "echo", &static_key_policy("30s")).await;
     wait_version(m.server_side.admin_addr, v).await;
     let mut c = h2c_client(m.client_side.upstream_addrs[0].1).await;
     let with = |field: &str, offset: i64| {
@@ -170,7 +170,7 @@ jwks_url = "{}"
 "#,
         jwks.url
     );
-    let v = set_policy(m.control.grpc_addr, "echo", &policy).await;
+    let v = set_policy(&m.control, "echo", &policy).await;
     wait_version(m.server_side.admin_addr, v).await;
     let mut c = h2c_client(m.client_side.upstream_addrs[0].1).await;
     let good = rs256(&claims("alice", &[]), Some("k1"), RSA_PRIVATE);
@@ -211,7 +211,7 @@ async fn keys_found_through_oidc_discovery_verify_tokens() {
         "[[jwt.issuers]]\nissuer = \"{ISSUER}\"\naudiences = [\"{AUDIENCE}\"]\nalgorithms = [\"RS256\"]\noidc_discovery = \"{}\"\n",
         idp.issuer_url
     );
-    let v = set_policy(m.control.grpc_addr, "echo", &policy).await;
+    let v = set_policy(&m.control, "echo", &policy).await;
     wait_version(m.server_side.admin_addr, v).await;
     let mut c = h2c_client(m.client_side.upstream_addrs[0].1).await;
     let good = bearer(&rs256(&claims("alice", &[]), Some("k1"), RSA_PRIVATE));

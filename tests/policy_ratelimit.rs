@@ -19,7 +19,7 @@ async fn a_spent_limit_answers_429_or_resource_exhausted_and_the_app_sees_only_a
     let (app, seen) = recording_app().await;
     let m = mesh_on(app, "h2c", None, settings()).await;
     let policy = "[[rate_limits]]\nname = \"orders\"\npath = \"/orders.v1.Orders\"\nlimit = 3\nwindow = \"60s\"\nkey = \"global\"\n";
-    let v = set_policy(m.control.grpc_addr, "echo", policy).await;
+    let v = set_policy(&m.control, "echo", policy).await;
     wait_version(m.server_side.admin_addr, v).await;
     let mut c = h2c_client(m.client_side.upstream_addrs[0].1).await;
 
@@ -60,7 +60,7 @@ async fn a_redis_limit_is_one_limit_for_every_instance_of_the_service() {
             .await
     );
     let policy = "[[rate_limits]]\nname = \"shared\"\npath = \"/\"\nlimit = 10\nwindow = \"60s\"\nkey = \"global\"\nstorage = \"redis\"\nfailure_mode = \"closed\"\n";
-    let v = set_policy(m.control.grpc_addr, "echo", policy).await;
+    let v = set_policy(&m.control, "echo", policy).await;
     wait_version(m.server_side.admin_addr, v).await;
     wait_version(second.admin_addr, v).await;
 

@@ -128,7 +128,7 @@ async fn a_bad_policy_file_stops_control_at_start_and_the_api_rejects_bad_polici
     std::fs::remove_dir_all(dir).unwrap();
 
     let control = support::control(settings()).await;
-    let mut c = policy_client(control.grpc_addr).await;
+    let mut c = policy_client(&control).await;
     let bad = pb::SetRequest { service: "orders".into(), toml: "[authz]\ndefault = \"allow\"\nrules = 3\n".into() };
     let st = c.set(bad).await.unwrap_err();
     assert_eq!(st.code(), tonic::Code::InvalidArgument);
@@ -156,8 +156,8 @@ async fn control_replicas_on_one_redis_share_policies_and_versions() {
     let prefix = support::unique_prefix("policy");
     let a = support::control(support::redis_settings(&url, &prefix)).await;
     let b = support::control(support::redis_settings(&url, &prefix)).await;
-    let mut ca = policy_client(a.grpc_addr).await;
-    let mut cb = policy_client(b.grpc_addr).await;
+    let mut ca = policy_client(&a).await;
+    let mut cb = policy_client(&b).await;
     let mut watch_b = cb.watch(pb::WatchRequest { service: "orders".into() }).await.unwrap().into_inner();
     let first = watch_b.message().await.unwrap().unwrap();
     assert_eq!(first.version, 0, "no policy yet");
@@ -218,13 +218,13 @@ async fn the_policy_stays_in_force_while_redis_and_then_control_are_down() {
     let intruder = extra_client(&m, "default", "intruder").await;
     let policy =
         "[authz]\ndefault = \"deny\"\n[[authz.rules]]\nfrom = [\"spiffe://redfire.local/ns/default/sa/client\"]\n";
-    let v = set_policy(m.control.grpc_addr, "echo", policy).await;
+    let v = set_policy(&m.control, "echo", policy).await;
     wait_version(m.server_side.admin_addr, v).await;
     let mut allowed = h2c_client(m.client_side.upstream_addrs[0].1).await;
     let mut denied = h2c_client(intruder.upstream_addrs[0].1).await;
 
     redis.kill();
-    let mut c = policy_client(m.control.grpc_addr).await;
+    let mut c = policy_client(&m.control).await;
     let got = c.get(pb::GetRequest { service: "echo".into() }).await.unwrap().into_inner();
     assert_eq!(got.version, v, "control keeps serving the last policies while Redis is down");
     let write = c.set(pb::SetRequest { service: "echo".into(), toml: "[authz]\ndefault = \"allow\"\n".into() }).await;
@@ -246,7 +246,7 @@ async fn a_restarted_in_memory_control_that_counts_versions_from_1_again_still_u
     let (app, _) = recording_app().await;
     let m = mesh(app, "h2c", None).await;
     let addr = m.control.grpc_addr;
-    let v = set_policy(addr, "echo", "[authz]\ndefault = \"deny\"\n").await;
+    let v = set_policy(&m.control, "echo", "[authz]\ndefault = \"deny\"\n").await;
     assert_eq!(v, 1);
     wait_version(m.server_side.admin_addr, 1).await;
     let mut c = h2c_client(m.client_side.upstream_addrs[0].1).await;
@@ -265,7 +265,8 @@ async fn a_restarted_in_memory_control_that_counts_versions_from_1_again_still_u
         ..settings()
     })
     .await;
-    let got = policy_client(addr).await.get(pb::GetRequest { service: "echo".into() }).await.unwrap().into_inner();
+    let got =
+        policy_client(&restarted).await.get(pb::GetRequest { service: "echo".into() }).await.unwrap().into_inner();
     assert_eq!(got.version, 1, "versions start again at 1");
     let applied = eventually(Duration::from_secs(5), || async {
         let (_, body) = http_get(server_side.admin_addr, "/metrics").await;

@@ -15,7 +15,7 @@ const T: Duration = Duration::from_secs(5);
 #[tokio::test]
 async fn watch_sends_a_snapshot_then_ordered_deltas() {
     let ctl = control(settings()).await;
-    let mut c = client(ctl.grpc_addr).await;
+    let mut c = client(&ctl).await;
     register(&mut c, instance("orders", "a"), 0).await;
     let mut w = Watcher::open(&mut c, pb::WatchRequest::default()).await;
     let snap = w.snapshot(T).await;
@@ -45,7 +45,7 @@ async fn watch_sends_a_snapshot_then_ordered_deltas() {
 #[tokio::test]
 async fn watch_filters_by_service() {
     let ctl = control(settings()).await;
-    let mut c = client(ctl.grpc_addr).await;
+    let mut c = client(&ctl).await;
     register(&mut c, instance("orders", "before"), 0).await;
     let mut w = Watcher::open(&mut c, pb::WatchRequest { services: vec!["users".into()], ..Default::default() }).await;
     assert!(w.snapshot(T).await.instances.is_empty(), "the snapshot holds only the watched service");
@@ -59,7 +59,7 @@ async fn watch_filters_by_service() {
 #[tokio::test]
 async fn lease_lapse_is_seen_once_by_every_watcher_and_keepalive_keeps_alive() {
     let ctl = control(settings()).await;
-    let mut c = client(ctl.grpc_addr).await;
+    let mut c = client(&ctl).await;
     let mut watchers = Vec::new();
     for _ in 0..3 {
         let mut w = Watcher::open(&mut c, pb::WatchRequest::default()).await;
@@ -99,7 +99,7 @@ async fn lease_lapse_is_seen_once_by_every_watcher_and_keepalive_keeps_alive() {
 #[tokio::test]
 async fn keepalive_health_reaches_watchers_and_unknown_lease_ends_the_stream() {
     let ctl = control(settings()).await;
-    let mut c = client(ctl.grpc_addr).await;
+    let mut c = client(&ctl).await;
     let reg = register(&mut c, instance("orders", "a"), 0).await;
     let mut w = Watcher::open(&mut c, pb::WatchRequest::default()).await;
     w.snapshot(T).await;
@@ -120,7 +120,7 @@ async fn keepalive_health_reaches_watchers_and_unknown_lease_ends_the_stream() {
 #[tokio::test]
 async fn watch_resume_has_no_gap_no_duplicate_and_resets_when_history_is_gone() {
     let ctl = control(Settings { watch_history: Some("4".into()), ..settings() }).await;
-    let mut c = client(ctl.grpc_addr).await;
+    let mut c = client(&ctl).await;
     let mut w = Watcher::open(&mut c, pb::WatchRequest::default()).await;
     w.snapshot(T).await;
     register(&mut c, instance("orders", "a"), 0).await;
@@ -157,7 +157,7 @@ async fn watch_resume_has_no_gap_no_duplicate_and_resets_when_history_is_gone() 
 #[tokio::test]
 async fn bad_input_gets_its_status_code_and_a_message() {
     let ctl = control(settings()).await;
-    let mut c = client(ctl.grpc_addr).await;
+    let mut c = client(&ctl).await;
     let reg = |i: pb::Instance, ttl_ms| pb::RegisterRequest { instance: Some(i), ttl_ms };
     let with = |f: fn(&mut pb::Instance)| {
         let mut i = instance("orders", "a");
@@ -221,11 +221,10 @@ async fn bad_input_gets_its_status_code_and_a_message() {
 #[tokio::test]
 async fn health_reflection_and_admin_endpoints_answer() {
     let ctl = control(settings()).await;
-    let mut c = client(ctl.grpc_addr).await;
+    let mut c = client(&ctl).await;
     register(&mut c, instance("orders", "a"), 0).await;
 
-    let ch =
-        tonic::transport::Channel::from_shared(format!("http://{}", ctl.grpc_addr)).unwrap().connect().await.unwrap();
+    let ch = channel(&ctl).await;
     let mut health = tonic_health::pb::health_client::HealthClient::new(ch.clone());
     let r = health
         .check(tonic_health::pb::HealthCheckRequest { service: "redfire.registry.v1.Registry".into() })
@@ -262,7 +261,7 @@ async fn health_reflection_and_admin_endpoints_answer() {
 #[tokio::test]
 async fn shutdown_ends_watch_streams_with_unavailable() {
     let ctl = control(settings()).await;
-    let mut c = client(ctl.grpc_addr).await;
+    let mut c = client(&ctl).await;
     let mut w = Watcher::open(&mut c, pb::WatchRequest::default()).await;
     w.snapshot(T).await;
     ctl.shutdown();

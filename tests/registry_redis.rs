@@ -20,7 +20,7 @@ async fn two_replicas_watching(
 ) -> (redfire::control::server::Control, redfire::control::server::Control, Client, Client, Watcher, Watcher) {
     let a = control(redis_settings(url, prefix)).await;
     let b = control(redis_settings(url, prefix)).await;
-    let (mut ca, mut cb) = (client(a.grpc_addr).await, client(b.grpc_addr).await);
+    let (mut ca, mut cb) = (client(&a).await, client(&b).await);
     let mut wa = Watcher::open(&mut ca, pb::WatchRequest::default()).await;
     let mut wb = Watcher::open(&mut cb, pb::WatchRequest::default()).await;
     wa.snapshot(T).await;
@@ -98,7 +98,7 @@ async fn redis_killed_and_restarted_empty_loses_nothing() {
     let prefix = unique_prefix("kill");
     let a = control(redis_settings(&redis.url(), &prefix)).await;
     let b = control(redis_settings(&redis.url(), &prefix)).await;
-    let (mut ca, mut cb) = (client(a.grpc_addr).await, client(b.grpc_addr).await);
+    let (mut ca, mut cb) = (client(&a).await, client(&b).await);
     let kept = register(&mut ca, instance("orders", "kept"), 2000).await;
     let renewer = keep_renewing(&ca, kept.lease_id);
     register(&mut ca, instance("orders", "long"), 60_000).await;
@@ -149,7 +149,7 @@ async fn leases_do_not_all_expire_after_redis_was_unreachable() {
     let redis = RedisServer::start();
     let prefix = unique_prefix("pause");
     let a = control(redis_settings(&redis.url(), &prefix)).await;
-    let mut c = client(a.grpc_addr).await;
+    let mut c = client(&a).await;
     let reg = register(&mut c, instance("orders", "a"), 2000).await;
     let mut w = Watcher::open(&mut c, pb::WatchRequest::default()).await;
     w.snapshot(T).await;

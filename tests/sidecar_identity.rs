@@ -11,6 +11,7 @@ use redfire::control::config::{Config, Settings};
 use redfire::control::identity::ca::Ca;
 use redfire::control::identity::token;
 use redfire::sidecar::control_client::identity::{self, IdentityConfig};
+use redfire::sidecar::transport::control::ControlTarget;
 use redfire::sidecar::transport::credentials::CredentialsRx;
 use support::*;
 
@@ -37,7 +38,8 @@ async fn first_certificate_renewal_ca_outage_and_recovery() {
     let ctl = control(short_lived(&addr)).await;
     let ca = Ca::load(Config::from_settings(short_lived(&addr)).unwrap().ca).await.unwrap();
     let tok = token::create(&ca, "trading", "orders", Duration::from_secs(600)).unwrap();
-    let mut config = IdentityConfig::new(format!("http://{addr}"), tok);
+    let target = ControlTarget::new(ctl.grpc_url(), Some(ctl.trust_bundle_pem.clone())).unwrap();
+    let mut config = IdentityConfig::new(target, tok);
     config.max_backoff = Duration::from_millis(500);
     let (mut rx, task) = identity::spawn(config).unwrap();
 

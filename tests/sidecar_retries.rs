@@ -29,7 +29,8 @@ async fn one_of_three_endpoints_killed_under_load_loses_no_request() {
         let admin = free_port();
         let child = Killed(
             Command::new(env!("CARGO_BIN_EXE_redfire-sidecar"))
-                .args(["--control-addr", &format!("http://{}", m.control.grpc_addr), "--service", "echo"])
+                .args(["--control-addr", &m.control.grpc_url(), "--service", "echo"])
+                .args(["--control-ca-file", &m.control.trust_bundle_file.as_ref().unwrap().display().to_string()])
                 .args(["--inbound-addr", "127.0.0.1:0", "--outbound-addr", "127.0.0.1:0"])
                 .args(["--admin-addr", &format!("127.0.0.1:{admin}"), "--app-addr", &app.to_string()])
                 .args(["--log-level", "error"])

@@ -2,7 +2,10 @@
 //! subscribe with a handler whose `Ok` acks and `Err` nacks.
 //!
 //! ```text
-//! let mut c = EventsClient::connect("http://127.0.0.1:15010", "orders-service").await?;
+//! let bundle = std::fs::read_to_string("bundle.pem")?;   // control's trust bundle
+//! let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(bundle)).domain_name("127.0.0.1");
+//! let endpoint = Endpoint::from_static("https://127.0.0.1:15010").tls_config(tls)?;
+//! let mut c = EventsClient::connect(endpoint, "orders-service").await?;
 //! c.publish_domain_event("orders", "order.created", "o-1", "Order", br#"{"qty":3}"#.to_vec()).await?;
 //! c.subscribe(Subscribe::new(&["orders"], "billing", "billing-1"), |d| async move {
 //!     println!("{} {}", d.position, d.delivery_count);
@@ -16,7 +19,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint};
 
 use crate::mesh::events::Envelope;
 use crate::proto::events::v1 as pb;
@@ -74,11 +77,11 @@ pub struct EventsClient {
 }
 
 impl EventsClient {
-    /// Connects to control's gRPC address (`http://host:port`); events are
-    /// published with `source`.
-    pub async fn connect(url: &str, source: &str) -> Result<EventsClient, Status> {
-        let channel = Channel::from_shared(url.to_string())
-            .map_err(|e| Status::invalid_argument(format!("url: {e}")))?
+    /// Connects to control at `endpoint` (with its TLS settings, e.g.
+    /// `Control::endpoint`); events are published with `source`.
+    pub async fn connect(endpoint: Endpoint, source: &str) -> Result<EventsClient, Status> {
+        let url = endpoint.uri().to_string();
+        let channel = endpoint
             .connect_timeout(Duration::from_secs(3))
             .connect()
             .await

@@ -65,6 +65,35 @@ fn err(e: impl std::fmt::Display) -> CaError {
     CaError(e.to_string())
 }
 
+/// A DNS name or IP address in a serving certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SanName {
+    /// A DNS name such as `control.redfire.svc`.
+    Dns(String),
+    /// An IP address such as `127.0.0.1`.
+    Ip(std::net::IpAddr),
+}
+
+impl std::str::FromStr for SanName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<SanName, String> {
+        if let Ok(ip) = s.parse() {
+            return Ok(SanName::Ip(ip));
+        }
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !l.starts_with('-')
+        };
+        if !s.is_empty() && s.len() <= 253 && s.split('.').all(label_ok) {
+            Ok(SanName::Dns(s.to_ascii_lowercase()))
+        } else {
+            Err(format!("{s:?} is neither a DNS name nor an IP address"))
+        }
+    }
+}
+
 /// A signed leaf.
 #[derive(Debug, Clone)]
 pub struct Leaf {
@@ -165,6 +194,28 @@ impl Ca {
         spiffe_id: &str,
         lifetime: Duration,
     ) -> Result<Leaf, String> {
+        self.sign(&csr.public_key, spiffe_id, &[], lifetime)
+    }
+
+    /// Signs control's own serving certificate over `key`: its SPIFFE ID
+    /// plus the DNS names and IP addresses clients dial it by.
+    pub fn issue_serving(
+        &self,
+        key: &KeyPair,
+        spiffe_id: &str,
+        names: &[SanName],
+        lifetime: Duration,
+    ) -> Result<Leaf, String> {
+        self.sign(key, spiffe_id, names, lifetime)
+    }
+
+    fn sign(
+        &self,
+        public_key: &impl PublicKeyData,
+        spiffe_id: &str,
+        names: &[SanName],
+        lifetime: Duration,
+    ) -> Result<Leaf, String> {
         let now = SystemTime::now();
         let not_before = now - BACKDATE;
         let not_after = now + lifetime.min(self.leaf_lifetime);
@@ -172,6 +223,12 @@ impl Ca {
         params.distinguished_name = DistinguishedName::new();
         let uri = spiffe_id.to_string().try_into().map_err(|e| format!("spiffe id: {e}"))?;
         params.subject_alt_names = vec![SanType::URI(uri)];
+        for name in names {
+            params.subject_alt_names.push(match name {
+                SanName::Dns(d) => SanType::DnsName(d.clone().try_into().map_err(|e| format!("dns name {d:?}: {e}"))?),
+                SanName::Ip(ip) => SanType::IpAddress(*ip),
+            });
+        }
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
@@ -179,7 +236,7 @@ impl Ca {
         params.not_after = OffsetDateTime::from(not_after);
         params.serial_number = Some(SerialNumber::from_slice(&fastrand::u64(1..).to_be_bytes()));
         params.use_authority_key_identifier_extension = true;
-        let leaf = params.signed_by(&csr.public_key, &self.issuer).map_err(|e| format!("sign: {e}"))?;
+        let leaf = params.signed_by(public_key, &self.issuer).map_err(|e| format!("sign: {e}"))?;
         Ok(Leaf {
             chain_pem: format!("{}{}", leaf.pem(), self.root_pem),
             spiffe_id: spiffe_id.to_string(),

@@ -36,6 +36,8 @@ sys.path.insert(0, os.path.join(HERE, "gen"))
 
 try:
     import grpc
+
+    import control_channel
     from redfire.events.v1 import events_pb2 as pb
     from redfire.events.v1 import events_pb2_grpc as pb_grpc
 except ImportError as e:  # pragma: no cover - a setup problem, not a bug
@@ -58,11 +60,11 @@ def event(kind, order_id, data):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--target", default="127.0.0.1:15010")
+    control_channel.add_arguments(ap)
     ap.add_argument("--topic", default="orders")
     args = ap.parse_args()
 
-    with grpc.insecure_channel(args.target) as channel:
+    with control_channel.open_channel(args) as channel:
         stub = pb_grpc.EventsStub(channel)
         order = f"order-{os.getpid()}"
         paid = pb.PublishEntry(event=event("order.paid", order, {"amount": "86000.00"}), idempotency_key=f"{order}/paid")

@@ -30,7 +30,10 @@ file, then run the client against a running ``redfire-control``:
   mkdir -p gen && .venv/bin/python -m grpc_tools.protoc -I ../../proto --python_out=gen \\
       --grpc_python_out=gen ../../proto/redfire/registry/v1/registry.proto
   .venv/bin/python registry_client.py --target 127.0.0.1:15010 \\
-      --service orders --seconds 4
+      --ca-file ~/.local/share/redfire/ca/bundle.pem --service orders --seconds 4
+
+(control's API is TLS; ``--ca-file`` is the trust bundle control writes, or
+prints with ``redfire-control trust-bundle``.)
 
 ``run.sh`` does all of that (and starts the control service) for CI.
 
@@ -54,6 +57,8 @@ sys.path.insert(0, os.path.join(HERE, "gen"))
 
 try:
     import grpc
+
+    import control_channel
     from redfire.registry.v1 import registry_pb2 as pb
     from redfire.registry.v1 import registry_pb2_grpc as pb_grpc
 except ImportError as e:  # pragma: no cover - a setup problem, not a bug
@@ -190,7 +195,7 @@ def run(args):
     # At least 3 renewals, so there is a "before", a NOT_SERVING and a SERVING.
     count = max(3, int(round(args.seconds / RENEW_EVERY_S)))
 
-    with grpc.insecure_channel(args.target) as channel:
+    with control_channel.open_channel(args) as channel:
         try:
             grpc.channel_ready_future(channel).result(timeout=RPC_TIMEOUT_S)
         except grpc.FutureTimeoutError:
@@ -296,7 +301,7 @@ def describe(err):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--target", default="127.0.0.1:15010", help="control gRPC address, host:port")
+    control_channel.add_arguments(p)
     p.add_argument("--service", default="orders", help="service name (DNS-1123 label)")
     p.add_argument("--seconds", type=float, default=4.0, help="how long to keep the lease alive")
     args = p.parse_args()

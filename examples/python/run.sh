@@ -7,8 +7,11 @@
 # 1. creates examples/python/.venv (if missing) and installs requirements.txt;
 # 2. generates the gRPC stubs into examples/python/gen;
 # 3. starts redfire-control ($REDFIRE_CONTROL_BIN, default
-#    target/debug/redfire-control) on free loopback ports and waits for /ready;
-# 4. runs registry_client.py and events_client.py against it and checks what
+#    target/debug/redfire-control) on free loopback ports, with its CA and
+#    trust bundle in a temporary directory, and waits for /ready;
+# 4. checks that a plaintext client is refused (the API is TLS only);
+# 5. runs registry_client.py and events_client.py against it over TLS,
+#    verifying control's certificate with the trust bundle, and checks what
 #    they printed.
 #
 # Prints "python example: ok" on success; otherwise fails showing the output.
@@ -46,6 +49,7 @@ mkdir -p "$GEN"
 # --- Control service ---------------------------------------------------------
 WORK="$(mktemp -d)"
 CONTROL_LOG="$WORK/control.log"
+BUNDLE="$WORK/bundle.pem"
 CONTROL_PID=""
 
 cleanup() {
@@ -94,7 +98,7 @@ ready=""
 for attempt in 1 2 3; do
   read -r GRPC_PORT ADMIN_PORT < <(free_ports)
   "$CONTROL_BIN" --grpc-addr "127.0.0.1:$GRPC_PORT" --admin-addr "127.0.0.1:$ADMIN_PORT" \
-    --shutdown-grace 2s >"$CONTROL_LOG" 2>&1 &
+    --ca-dir "$WORK/ca" --trust-bundle-file "$BUNDLE" --shutdown-grace 2s >"$CONTROL_LOG" 2>&1 &
   CONTROL_PID=$!
   for _ in $(seq 1 100); do   # up to ~10 s
     if ! kill -0 "$CONTROL_PID" 2>/dev/null; then
@@ -116,16 +120,35 @@ done
 [ -n "$ready" ] || fail "redfire-control never became ready"
 echo "control ready: grpc=127.0.0.1:$GRPC_PORT admin=127.0.0.1:$ADMIN_PORT (pid $CONTROL_PID)"
 
+# --- A plaintext client is refused ---------------------------------------------
+set +e
+PLAIN_OUTPUT="$("$PY" - "127.0.0.1:$GRPC_PORT" <<'EOF' 2>&1
+import sys
+import grpc
+sys.path.insert(0, "examples/python/gen")
+from redfire.registry.v1 import registry_pb2 as pb, registry_pb2_grpc as pb_grpc
+with grpc.insecure_channel(sys.argv[1]) as ch:
+    try:
+        pb_grpc.RegistryStub(ch).ListServices(pb.ListServicesRequest(), timeout=3)
+        print("plaintext: ANSWERED")
+    except grpc.RpcError as e:
+        print(f"plaintext: refused {e.code().name}")
+EOF
+)"
+set -e
+echo "$PLAIN_OUTPUT"
+
 # --- Client ------------------------------------------------------------------
 # The client bounds all its own waits; `timeout` is only a backstop.
 set +e
 OUTPUT="$(timeout 60 "$PY" "$HERE/registry_client.py" \
-  --target "127.0.0.1:$GRPC_PORT" --service "$SERVICE" --seconds "$SECONDS_ALIVE" 2>&1)"
+  --target "127.0.0.1:$GRPC_PORT" --ca-file "$BUNDLE" --service "$SERVICE" --seconds "$SECONDS_ALIVE" 2>&1)"
 STATUS=$?
 set -e
 echo "$OUTPUT"
 
 problems=()
+grep -qE '^plaintext: refused UNAVAILABLE$' <<<"$PLAIN_OUTPUT" || problems+=("a plaintext client was not refused")
 [ "$STATUS" -eq 0 ] || problems+=("client exited with status $STATUS")
 grep -qE '^registered lease=[0-9]+ ' <<<"$OUTPUT" || problems+=("no 'registered lease=' line")
 grep -qE "^watch PUT $SERVICE/py-[0-9]+ health=NOT_SERVING " <<<"$OUTPUT" \
@@ -137,7 +160,8 @@ grep -qE '^summary: puts=[0-9]+ deletes=[0-9]+ snapshot_instances=[0-9]+$' <<<"$
 
 # --- Event bus client ---------------------------------------------------------
 set +e
-EVENTS_OUTPUT="$(timeout 60 "$PY" "$HERE/events_client.py" --target "127.0.0.1:$GRPC_PORT" --topic orders 2>&1)"
+EVENTS_OUTPUT="$(timeout 60 "$PY" "$HERE/events_client.py" --target "127.0.0.1:$GRPC_PORT" --ca-file "$BUNDLE" \
+  --topic orders 2>&1)"
 EVENTS_STATUS=$?
 set -e
 echo "$EVENTS_OUTPUT"

@@ -3,7 +3,7 @@
 //! of value (durations, socket addresses, log settings, a TOML file).
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::mesh::process::telemetry::{self, LogFormat};
@@ -55,4 +55,17 @@ pub fn duration(key: &str, v: Option<String>, default: &str) -> Result<Duration,
 pub fn addr(key: &str, v: Option<String>, default: &str) -> Result<SocketAddr, ConfigError> {
     let s = v.unwrap_or_else(|| default.into());
     s.parse().map_err(|_| err(key, format!("{s:?} is not a socket address like 127.0.0.1:15010")))
+}
+
+/// Where a control on the memory store keeps its CA (and writes the trust
+/// bundle, `bundle.pem`) unless told otherwise, and so where a sidecar on the
+/// same machine looks for that bundle: `$XDG_DATA_HOME/redfire/ca`, else `$HOME/.local/share/redfire/ca`, else `./.redfire/ca`.
+pub fn default_ca_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("redfire/ca");
+    }
+    if let Some(h) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        return PathBuf::from(h).join(".local/share/redfire/ca");
+    }
+    PathBuf::from(".redfire/ca")
 }

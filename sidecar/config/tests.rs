@@ -3,8 +3,60 @@
 
 use super::*;
 
+/// A trust bundle file (one self-signed certificate), written once.
+fn bundle_file() -> String {
+    static FILE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap().cert;
+        let path = std::env::temp_dir().join(format!("redfire-config-test-bundle-{}.pem", std::process::id()));
+        std::fs::write(&path, cert.pem()).unwrap();
+        path.display().to_string()
+    })
+    .clone()
+}
+
 fn base() -> Settings {
-    Settings { service: Some("orders".into()), bootstrap_token: Some("t".into()), ..Default::default() }
+    Settings {
+        service: Some("orders".into()),
+        bootstrap_token: Some("t".into()),
+        control_ca_file: Some(bundle_file()),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn control_is_tls_by_default_and_plaintext_only_when_asked() {
+    let c = Config::from_settings(base()).unwrap();
+    assert_eq!(c.control.url, "https://127.0.0.1:15010");
+    assert!(c.control.is_tls() && c.control.ca_pem.as_deref().is_some_and(|p| p.contains("BEGIN CERTIFICATE")));
+    let plain = Settings {
+        control_addr: Some("http://127.0.0.1:15010".into()),
+        dev_insecure_control: Some("true".into()),
+        control_ca_file: None,
+        ..base()
+    };
+    let c = Config::from_settings(plain).unwrap();
+    assert!(!c.control.is_tls() && c.control.ca_pem.is_none());
+    let no_bundle = std::env::temp_dir().join("redfire-no-such-bundle.pem").display().to_string();
+    let not_pem = std::env::temp_dir().join(format!("redfire-not-pem-{}.txt", std::process::id()));
+    std::fs::write(&not_pem, "not a certificate").unwrap();
+    let cases: Vec<(Settings, &str, &str)> = vec![
+        (Settings { control_addr: Some("http://127.0.0.1:15010".into()), ..base() }, "control_addr", "plaintext"),
+        (Settings { dev_insecure_control: Some("yes".into()), ..base() }, "dev_insecure_control", "yes"),
+        (Settings { control_ca_file: Some(no_bundle), ..base() }, "control_ca_file", "redfire-no-such-bundle"),
+        (
+            Settings { control_ca_file: Some(not_pem.display().to_string()), ..base() },
+            "control_ca_file",
+            "no PEM certificate",
+        ),
+        (Settings { control_addr: Some("ftp://127.0.0.1:1".into()), ..base() }, "control_addr", "not a URL"),
+    ];
+    for (s, key, says) in cases {
+        let e = Config::from_settings(s).unwrap_err();
+        assert_eq!(e.key, key, "{e}");
+        assert!(e.message.contains(says), "{e}");
+    }
+    let _ = std::fs::remove_file(not_pem);
 }
 
 #[test]

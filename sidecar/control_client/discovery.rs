@@ -21,7 +21,7 @@ use crate::sidecar::outbound::upstreams::Upstreams;
 /// Starts watching control at `config.control_addr`, balancing each
 /// service as `config` says.
 pub fn spawn(config: &Config) -> Result<(Arc<Upstreams>, tokio::task::JoinHandle<()>), String> {
-    let channel = crate::sidecar::transport::control::channel(&config.control_addr)?;
+    let channel = crate::sidecar::transport::control::channel(&config.control)?;
     let upstreams = Upstreams::new(
         Balancing { policy: config.balancer, hash_header: config.hash_header.clone() },
         config.service_balancers.clone(),

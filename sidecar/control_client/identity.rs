@@ -20,17 +20,18 @@ use rcgen::{CertificateParams, KeyPair};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 use tokio::sync::watch;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::proto::identity::v1 as pb;
 use crate::proto::identity::v1::identity_client::IdentityClient;
+use crate::sidecar::transport::control::ControlTarget;
 use crate::sidecar::transport::credentials::{Credentials, CredentialsRx};
 
 /// Where and how to get certificates.
 #[derive(Debug, Clone)]
 pub struct IdentityConfig {
-    /// Control's gRPC address, e.g. `http://127.0.0.1:15010`.
-    pub control: String,
+    /// Control: its address and the roots its certificate chains to.
+    pub control: ControlTarget,
     /// Bootstrap token from `redfire-control token create`.
     pub bootstrap_token: String,
     /// Requested lifetime; `None` takes the CA's default.
@@ -43,9 +44,9 @@ pub struct IdentityConfig {
 
 impl IdentityConfig {
     /// Defaults: renew at 70 %, retry at most every 10 s.
-    pub fn new(control: impl Into<String>, bootstrap_token: impl Into<String>) -> Self {
+    pub fn new(control: ControlTarget, bootstrap_token: impl Into<String>) -> Self {
         IdentityConfig {
-            control: control.into(),
+            control,
             bootstrap_token: bootstrap_token.into(),
             lifetime: None,
             renew_at: 0.7,
@@ -74,8 +75,10 @@ pub enum IdentityError {
 /// Starts the issuance and renewal task.
 pub fn spawn(config: IdentityConfig) -> Result<(CredentialsRx, tokio::task::JoinHandle<()>), IdentityError> {
     let key = KeyPair::generate()?;
-    let endpoint = Endpoint::from_shared(config.control.clone())
-        .map_err(|e| IdentityError::Address(e.to_string()))?
+    let endpoint = config
+        .control
+        .endpoint()
+        .map_err(IdentityError::Address)?
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
         .timeout(Duration::from_secs(5));

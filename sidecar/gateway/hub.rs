@@ -46,6 +46,7 @@ use crate::sidecar::config::HubConfig;
 use crate::sidecar::gateway::respond::json_error;
 use crate::sidecar::policy::Policy;
 use crate::sidecar::shared::upgrade::has_token;
+use crate::sidecar::transport::control::ControlTarget;
 use bus::Bus;
 use metrics::HubMetrics;
 
@@ -119,7 +120,7 @@ impl Hub {
     /// source of events published through it.
     pub fn new(
         config: HubConfig,
-        control: &str,
+        control: &ControlTarget,
         replica: &str,
         source: &str,
         policy: Arc<Policy>,

@@ -1,15 +1,63 @@
-//! The channel to control that every long-lived watch stream uses
-//! (discovery, policy, the gateway hub's event streams).
+//! The sidecar's connection to control: where control is and which roots its
+//! certificate must chain to ([`ControlTarget`]), and the channel every
+//! long-lived watch stream uses (discovery, policy, the gateway hub's event
+//! streams). Control's gRPC API is TLS by default; plaintext (`http://`)
+//! needs `dev_insecure_control` and is for local experiments only.
 
-/// A lazily connected channel to control for a long-lived watch stream
-/// (discovery, policy, the gateway hub's event streams): 2 s to connect, no
-/// Nagle delay, HTTP/2 keep-alive so a dead control is noticed within ~15 s.
-pub fn channel(addr: &str) -> Result<tonic::transport::Channel, String> {
-    Ok(tonic::transport::Endpoint::from_shared(addr.to_string())
-        .map_err(|e| format!("control_addr: {e}"))?
-        .connect_timeout(std::time::Duration::from_secs(2))
+use std::time::Duration;
+
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+/// Where control is and how to trust it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlTarget {
+    /// `https://host:port` (or `http://host:port` with `dev_insecure_control`).
+    pub url: String,
+    /// The mesh trust bundle (PEM) control's certificate must chain to;
+    /// required for `https://`.
+    pub ca_pem: Option<String>,
+}
+
+impl ControlTarget {
+    /// A target, checked: `https://` needs the trust bundle.
+    pub fn new(url: impl Into<String>, ca_pem: Option<String>) -> Result<ControlTarget, String> {
+        let t = ControlTarget { url: url.into(), ca_pem };
+        t.endpoint()?;
+        Ok(t)
+    }
+
+    /// True when the connection is TLS.
+    pub fn is_tls(&self) -> bool {
+        self.url.starts_with("https://")
+    }
+
+    /// An endpoint for this target: for `https://`, TLS verified against the
+    /// trust bundle, the server name being the URL's host (a DNS name or IP
+    /// in control's certificate).
+    pub fn endpoint(&self) -> Result<Endpoint, String> {
+        let ep = Endpoint::from_shared(self.url.clone()).map_err(|e| format!("control_addr: {e}"))?;
+        if !self.is_tls() {
+            return Ok(ep);
+        }
+        let pem = self.ca_pem.as_deref().ok_or("control_ca_file: needed to verify an https:// control_addr")?;
+        if !pem.contains("-----BEGIN CERTIFICATE-----") {
+            return Err("control_ca_file: no PEM certificate in the trust bundle".into());
+        }
+        let host = ep.uri().host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_string();
+        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)).domain_name(host);
+        ep.tls_config(tls).map_err(|e| format!("control_addr: {e}"))
+    }
+}
+
+/// A lazily connected channel to control for a long-lived watch stream:
+/// 2 s to connect, no Nagle delay, HTTP/2 keep-alive so a dead control is
+/// noticed within ~15 s.
+pub fn channel(target: &ControlTarget) -> Result<Channel, String> {
+    Ok(target
+        .endpoint()?
+        .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
-        .http2_keep_alive_interval(std::time::Duration::from_secs(10))
-        .keep_alive_timeout(std::time::Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
         .connect_lazy())
 }

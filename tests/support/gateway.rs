@@ -95,7 +95,8 @@ pub async fn gateway_mesh(services: &[Service<'_>], routes_text: &str, extra: Si
     let control = control(control_settings.clone()).await;
     let ca = Ca::load(Config::from_settings(control_settings).unwrap().ca).await.unwrap();
     let base = |service: &str| SidecarSettings {
-        control_addr: Some(format!("http://{}", control.grpc_addr)),
+        control_addr: Some(control.grpc_url()),
+        control_ca_file: control.trust_bundle_file.as_ref().map(|p| p.display().to_string()),
         service: Some(service.into()),
         bootstrap_token: Some(token::create(&ca, "default", service, Duration::from_secs(600)).unwrap()),
         inbound_addr: Some("127.0.0.1:0".into()),

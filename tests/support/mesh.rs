@@ -105,7 +105,8 @@ pub async fn sidecar_for(
     let ca = Ca::load(Config::from_settings(settings()).unwrap().ca).await.unwrap();
     let tok = token::create(&ca, "default", service, Duration::from_secs(600)).unwrap();
     let config = SidecarConfig::from_settings(extra.or(SidecarSettings {
-        control_addr: Some(format!("http://{}", control.grpc_addr)),
+        control_addr: Some(control.grpc_url()),
+        control_ca_file: control.trust_bundle_file.as_ref().map(|p| p.display().to_string()),
         service: Some(service.into()),
         instance_id: Some(instance_id.into()),
         bootstrap_token: Some(tok),
@@ -213,7 +214,8 @@ pub async fn sidecar_config(
     let ca = Ca::load(Config::from_settings(control_settings.clone()).unwrap().ca).await.unwrap();
     let tok = token::create(&ca, namespace, service, Duration::from_secs(600)).unwrap();
     SidecarConfig::from_settings(extra.or(SidecarSettings {
-        control_addr: Some(format!("http://{}", control.grpc_addr)),
+        control_addr: Some(control.grpc_url()),
+        control_ca_file: control.trust_bundle_file.as_ref().map(|p| p.display().to_string()),
         service: Some(service.into()),
         namespace: Some(namespace.into()),
         bootstrap_token: Some(tok),

@@ -144,13 +144,22 @@ pub fn test_ca_dir() -> String {
     std::env::temp_dir().join(format!("redfire-test-ca-{}", std::process::id())).display().to_string()
 }
 
-/// Settings for a control on free ports.
+/// A file name no other control of this process writes its trust bundle to.
+pub fn bundle_path() -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::env::temp_dir().join(format!("redfire-test-bundle-{}-{n}.pem", std::process::id())).display().to_string()
+}
+
+/// Settings for a control on free ports (TLS on, as by default; its trust
+/// bundle written to a file of its own for sidecars).
 pub fn settings() -> Settings {
     Settings {
         grpc_addr: Some("127.0.0.1:0".into()),
         admin_addr: Some("127.0.0.1:0".into()),
         log_level: Some("warn".into()),
         ca_dir: Some(test_ca_dir()),
+        trust_bundle_file: Some(bundle_path()),
         ..Default::default()
     }
 }
@@ -171,10 +180,40 @@ pub async fn control(settings: Settings) -> Control {
     Control::start(Config::from_settings(settings).expect("valid settings")).await.expect("control starts")
 }
 
-/// A gRPC client of `addr`.
-pub async fn client(addr: SocketAddr) -> RegistryClient<Channel> {
-    let ch = Channel::from_shared(format!("http://{addr}"))
+/// A channel to `control`, TLS verified against its trust bundle.
+pub async fn channel(control: &Control) -> Channel {
+    control.endpoint().connect_timeout(Duration::from_secs(2)).connect().await.expect("connect to control")
+}
+
+/// The sidecar settings that point at `control`: its URL and trust bundle.
+pub fn sidecar_control(control: &Control) -> redfire::sidecar::config::Settings {
+    redfire::sidecar::config::Settings {
+        control_addr: Some(control.grpc_url()),
+        control_ca_file: control.trust_bundle_file.as_ref().map(|p| p.display().to_string()),
+        ..Default::default()
+    }
+}
+
+/// A channel to a control process on 127.0.0.1:`port` whose trust bundle
+/// is in `bundle_file` (TLS, as an operator's client would connect).
+pub async fn process_channel(port: u16, bundle_file: &std::path::Path) -> Channel {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+    let pem = std::fs::read_to_string(bundle_file).expect("control wrote its trust bundle");
+    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)).domain_name("127.0.0.1");
+    Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
         .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect_timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .expect("connect to control")
+}
+
+/// A registry client of `control`.
+pub async fn client(control: &Control) -> RegistryClient<Channel> {
+    let ch = control
+        .endpoint()
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(5))
         .connect()

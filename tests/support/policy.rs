@@ -13,6 +13,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Request};
 use http_body_util::{BodyExt, Full};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use redfire::control::server::Control;
 use redfire::proto::policy::v1 as pb;
 use redfire::proto::policy::v1::policy_client::PolicyClient;
 use serde_json::{Value, json};
@@ -28,12 +29,12 @@ pub const SECRET: &str = "a-test-secret-of-at-least-32-bytes!!";
 pub const ISSUER: &str = "https://auth.test";
 pub const AUDIENCE: &str = "echo";
 
-pub async fn policy_client(control: SocketAddr) -> PolicyClient<tonic::transport::Channel> {
-    PolicyClient::connect(format!("http://{control}")).await.expect("connect to control")
+pub async fn policy_client(control: &Control) -> PolicyClient<tonic::transport::Channel> {
+    PolicyClient::new(super::channel(control).await)
 }
 
 /// Sets `service`'s policy through control's API; returns the version.
-pub async fn set_policy(control: SocketAddr, service: &str, toml: &str) -> u64 {
+pub async fn set_policy(control: &Control, service: &str, toml: &str) -> u64 {
     let mut c = policy_client(control).await;
     let r = c.set(pb::SetRequest { service: service.into(), toml: toml.into() }).await.expect("policy accepted");
     r.into_inner().version

@@ -38,6 +38,7 @@ use super::protocol;
 use crate::mesh::events::{Envelope, Position};
 use crate::proto::events::v1 as pb;
 use crate::proto::events::v1::events_client::EventsClient;
+use crate::sidecar::transport::control::ControlTarget;
 
 /// How long a subscribe waits for the topic's upstream stream to open.
 pub const OPEN_WAIT: Duration = Duration::from_secs(5);
@@ -121,7 +122,7 @@ impl Drop for Bus {
 impl Bus {
     /// A bus client of control at `control` (connected lazily); events
     /// published through it carry `source`.
-    pub fn new(control: &str, replica: &str, source: &str, metrics: HubMetrics) -> Result<Bus, String> {
+    pub fn new(control: &ControlTarget, replica: &str, source: &str, metrics: HubMetrics) -> Result<Bus, String> {
         let channel = crate::sidecar::transport::control::channel(control)?;
         Ok(Bus {
             client: EventsClient::new(channel),
