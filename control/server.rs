@@ -113,7 +113,7 @@ impl Control {
         } else {
             let cert = ServingCert::issue(&ca, &config.tls_names).map_err(ServerError::Tls)?;
             let server_config = tls::server_config(&ca, cert.clone()).map_err(ServerError::Tls)?;
-            Some((server_config, cert.spawn_renewal(ca.clone(), config.tls_names.clone())))
+            Some(TlsParts { server_config, cert, ca: ca.clone() })
         };
         let identity = IdentityService::new(ca, metrics.clone()).map_err(|e| ServerError::Grpc(e.to_string()))?;
         let drain = Drain::default();
@@ -177,8 +177,7 @@ impl Control {
             }
         };
         tracing::info!(%grpc_addr, %admin_addr, tls = tls_on, "redfire-control serving");
-        let tls = tls_on;
-        Ok(Control { grpc_addr, admin_addr, trust_bundle_pem, trust_bundle_file, tls, drain, task })
+        Ok(Control { grpc_addr, admin_addr, trust_bundle_pem, trust_bundle_file, tls: tls_on, drain, task })
     }
 
     /// The gRPC API's URL: `https://<addr>` (or `http://` with
@@ -235,10 +234,17 @@ struct Parts {
     events: Arc<dyn EventStore>,
     policies: Arc<PolicyStore>,
     policy_dir: Option<JoinHandle<()>>,
-    /// The listener's TLS config and the certificate renewal task (`None`:
-    /// plaintext, `dev_insecure_control`).
-    tls: Option<(Arc<rustls::ServerConfig>, JoinHandle<()>)>,
+    /// TLS on the gRPC listener (`None`: plaintext, `dev_insecure_control`).
+    tls: Option<TlsParts>,
     drain: Drain,
+}
+
+/// The listener's TLS config and the certificate it renews (`serve` starts
+/// the renewal, so a start that fails earlier leaves no task behind).
+struct TlsParts {
+    server_config: Arc<rustls::ServerConfig>,
+    cert: Arc<ServingCert>,
+    ca: Arc<Ca>,
 }
 
 async fn serve<S: RegistryStore>(store: Arc<S>, parts: Parts, config: Config) -> Result<(), ServerError> {
@@ -320,7 +326,8 @@ async fn serve<S: RegistryStore>(store: Arc<S>, parts: Parts, config: Config) ->
         )
         .add_service(PolicyServer::new(PolicyService::new(policies.clone(), &drain)));
     let (server, accept_task, renewal_task): (ServeFuture, _, _) = match tls {
-        Some((server_config, renewal)) => {
+        Some(TlsParts { server_config, cert, ca }) => {
+            let renewal = cert.spawn_renewal(ca, config.tls_names.clone());
             let (incoming, accept) = tls::incoming(grpc, server_config, metrics.tls_handshake_failures.clone());
             (Box::pin(router.serve_with_incoming_shutdown(incoming, stop_accepting)), Some(accept), Some(renewal))
         }

@@ -72,11 +72,6 @@ impl ServingCert {
         Ok(Arc::new(ServingCert { current: ArcSwap::new(key), not_after: ArcSwap::from_pointee(not_after) }))
     }
 
-    /// The current certificate chain (leaf first), DER.
-    pub fn chain(&self) -> Vec<CertificateDer<'static>> {
-        self.current.load().cert.clone()
-    }
-
     /// Renews at 70 % of each certificate's lifetime; a failed renewal is
     /// retried with backoff while the current certificate keeps serving.
     pub fn spawn_renewal(self: &Arc<Self>, ca: Arc<Ca>, names: Vec<SanName>) -> JoinHandle<()> {

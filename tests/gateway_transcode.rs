@@ -294,7 +294,9 @@ async fn a_bad_descriptor_file_fails_the_start_naming_it() {
         mode: Some("gateway".into()),
         service: Some("gateway".into()),
         bootstrap_token: Some("t".into()),
+        // Never reached: the start fails on the descriptors first.
         control_addr: Some("http://127.0.0.1:1".into()),
+        dev_insecure_control: Some("true".into()),
         gateway_addr: Some("127.0.0.1:0".into()),
         admin_addr: Some("127.0.0.1:0".into()),
         inbound_addr: Some("127.0.0.1:0".into()),
