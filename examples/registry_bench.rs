@@ -243,10 +243,19 @@ impl Server {
             .context("start the server process")?;
         let pid = child.id().context("server process has no pid")?;
         let mut stdout = BufReader::new(child.stdout.take().context("server stdout")?).lines();
-        let line = tokio::time::timeout(Duration::from_secs(20), stdout.next_line())
-            .await
-            .context("server did not print its address within 20 s")??
-            .context("server exited before printing its address")?;
+        // Log lines (the plaintext warning, say) may come before the address.
+        let name = store.name();
+        let line = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                match stdout.next_line().await? {
+                    Some(l) if l.starts_with("GRPC ") => return anyhow::Ok(l),
+                    Some(l) => eprintln!("[{name} control log] {l}"),
+                    None => bail!("server exited before printing its address"),
+                }
+            }
+        })
+        .await
+        .context("server did not print its address within 20 s")??;
         let rest = line.strip_prefix("GRPC ").with_context(|| format!("unexpected server line {line:?}"))?;
         let (addr, file) = rest.split_once(' ').with_context(|| format!("unexpected server line {line:?}"))?;
         let bundle = match file {
@@ -256,7 +265,6 @@ impl Server {
         let dial = Dial { addr: addr.parse()?, bundle };
         // The server logs (warnings and up) to stdout: pass them on, marked,
         // and never let a full pipe block the server.
-        let name = store.name();
         tokio::spawn(async move {
             while let Ok(Some(line)) = stdout.next_line().await {
                 eprintln!("[{name} control log] {line}");
