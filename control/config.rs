@@ -14,7 +14,9 @@ use crate::control::events::service::EventLimits;
 use crate::control::events::store::EventSettings;
 use crate::control::identity::ca::{CaConfig, RootSource, SanName};
 use crate::mesh::events::Retention;
-use crate::mesh::process::settings::{ConfigError, addr, default_ca_dir, duration, err, log_settings, read_toml};
+use crate::mesh::process::settings::{
+    ConfigError, addr, boolean, default_ca_dir, duration, err, log_settings, read_toml,
+};
 use crate::mesh::process::telemetry::LogFormat;
 
 /// Command line of `redfire-control`.
@@ -361,11 +363,7 @@ impl Config {
             (None, RootSource::Dir(dir)) => Some(dir.join("bundle.pem")),
             (None, _) => None,
         };
-        let dev_insecure_control = match s.dev_insecure_control.as_deref().unwrap_or("false") {
-            "true" | "1" => true,
-            "false" | "0" => false,
-            other => return Err(err("dev_insecure_control", format!("{other:?} is not true or false"))),
-        };
+        let dev_insecure_control = boolean("dev_insecure_control", s.dev_insecure_control.as_deref())?;
         let c = Config {
             grpc_addr: addr("grpc_addr", s.grpc_addr, "127.0.0.1:15010")?,
             admin_addr: addr("admin_addr", s.admin_addr, "127.0.0.1:15014")?,

@@ -27,6 +27,7 @@ use crate::control::registry::redis::{RedisConfig, RedisStore};
 use crate::control::registry::service::{LeasePolicy, RegistryService};
 use crate::control::registry::store::RegistryStore;
 use crate::control::tls::{self, ServingCert};
+use crate::mesh::process::control_endpoint;
 use crate::mesh::process::shutdown::Drain;
 use crate::mesh::process::telemetry;
 use crate::proto::events::v1::events_server::EventsServer;
@@ -195,17 +196,10 @@ impl Control {
     /// verified against its trust bundle, or plaintext with
     /// `dev_insecure_control`.
     pub fn endpoint(&self) -> tonic::transport::Endpoint {
-        use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
-        let url = self.grpc_url();
-        // The URL is built from a socket address: it always parses.
-        let ep = Endpoint::from_shared(url).unwrap_or_else(|e| unreachable!("grpc url: {e}"));
-        if !self.tls {
-            return ep;
-        }
-        let host = ep.uri().host().unwrap_or_default().trim_matches(['[', ']']).to_string();
-        let tls =
-            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.trust_bundle_pem)).domain_name(host);
-        ep.tls_config(tls).unwrap_or_else(|e| unreachable!("tls config of an https url: {e}"))
+        // The URL is built from a socket address and the bundle is the CA's
+        // own PEM: neither can be refused.
+        control_endpoint::endpoint(&self.grpc_url(), Some(&self.trust_bundle_pem))
+            .unwrap_or_else(|e| unreachable!("control's own endpoint: {e}"))
     }
 
     /// Starts draining (as SIGTERM does); [`Control::wait`] returns when done.

@@ -54,13 +54,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use redfire::control::config::{Config, Settings};
 use redfire::control::server::Control;
-use redfire::mesh::process::{shutdown, telemetry};
+use redfire::mesh::process::{control_endpoint, shutdown, telemetry};
 use redfire::proto::registry::v1 as pb;
 use redfire::proto::registry::v1::registry_client::RegistryClient;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Child;
 use tokio::task::JoinSet;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+use tonic::transport::Channel;
 
 const REDIS_URL: &str = "redis://127.0.0.1:6379";
 /// Instances registered in step 1 (and held for the RSS reading).
@@ -448,14 +448,10 @@ fn cpu_secs(pid: &str) -> anyhow::Result<f64> {
 }
 
 async fn connect(dial: &Dial, per_call: Option<Duration>) -> anyhow::Result<Channel> {
-    let addr = dial.addr;
-    let mut endpoint = match &dial.bundle {
-        None => Channel::from_shared(format!("http://{addr}"))?,
-        Some(pem) => Channel::from_shared(format!("https://{addr}"))?.tls_config(
-            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)).domain_name(addr.ip().to_string()),
-        )?,
-    }
-    .connect_timeout(Duration::from_secs(2));
+    let url = format!("{}://{}", if dial.bundle.is_some() { "https" } else { "http" }, dial.addr);
+    let mut endpoint = control_endpoint::endpoint(&url, dial.bundle.as_deref())
+        .map_err(anyhow::Error::msg)?
+        .connect_timeout(Duration::from_secs(2));
     if let Some(t) = per_call {
         endpoint = endpoint.timeout(t);
     }

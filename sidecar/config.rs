@@ -19,7 +19,9 @@ use clap::{Args, Parser};
 use http::HeaderName;
 use serde::Deserialize;
 
-use crate::mesh::process::settings::{ConfigError, addr, default_ca_dir, duration, err, log_settings, read_toml};
+use crate::mesh::process::settings::{
+    ConfigError, addr, boolean, default_ca_dir, duration, err, log_settings, read_toml,
+};
 use crate::mesh::process::telemetry::LogFormat;
 use crate::mesh::registry::validate_service_name;
 use crate::sidecar::inbound::AppProtocol;
@@ -540,11 +542,7 @@ impl Config {
                     _ => return Err(err("worker_threads", format!("{n:?} is not a number in 1..=512"))),
                 },
             },
-            dev_plaintext: match s.dev_plaintext.as_deref().unwrap_or("false") {
-                "true" | "1" => true,
-                "false" | "0" => false,
-                other => return Err(err("dev_plaintext", format!("{other:?} is not true or false"))),
-            },
+            dev_plaintext: boolean("dev_plaintext", s.dev_plaintext.as_deref())?,
             log_format,
             log_level,
         })
@@ -575,11 +573,7 @@ impl Config {
 fn control_target(s: &Settings) -> Result<ControlTarget, ConfigError> {
     let url = s.control_addr.clone().unwrap_or_else(|| "https://127.0.0.1:15010".into());
     let scheme = url.parse::<http::Uri>().ok().and_then(|u| u.scheme_str().map(str::to_string));
-    let insecure = match s.dev_insecure_control.as_deref().unwrap_or("false") {
-        "true" | "1" => true,
-        "false" | "0" => false,
-        other => return Err(err("dev_insecure_control", format!("{other:?} is not true or false"))),
-    };
+    let insecure = boolean("dev_insecure_control", s.dev_insecure_control.as_deref())?;
     match scheme.as_deref() {
         Some("https") => {
             let path = match &s.control_ca_file {

@@ -45,6 +45,15 @@ pub fn log_settings(format: Option<String>, level: Option<String>) -> Result<(Lo
     Ok((format, level))
 }
 
+/// Parses a boolean setting (`true`/`1`, `false`/`0`), or `false`.
+pub fn boolean(key: &str, v: Option<&str>) -> Result<bool, ConfigError> {
+    match v.unwrap_or("false") {
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        other => Err(err(key, format!("{other:?} is not true or false"))),
+    }
+}
+
 /// Parses a duration setting (`500ms`, `10s`), or `default`.
 pub fn duration(key: &str, v: Option<String>, default: &str) -> Result<Duration, ConfigError> {
     let s = v.unwrap_or_else(|| default.into());

@@ -6,7 +6,9 @@
 
 use std::time::Duration;
 
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::mesh::process::control_endpoint;
 
 /// Where control is and how to trust it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,17 +37,7 @@ impl ControlTarget {
     /// trust bundle, the server name being the URL's host (a DNS name or IP
     /// in control's certificate).
     pub fn endpoint(&self) -> Result<Endpoint, String> {
-        let ep = Endpoint::from_shared(self.url.clone()).map_err(|e| format!("control_addr: {e}"))?;
-        if !self.is_tls() {
-            return Ok(ep);
-        }
-        let pem = self.ca_pem.as_deref().ok_or("control_ca_file: needed to verify an https:// control_addr")?;
-        if !pem.contains("-----BEGIN CERTIFICATE-----") {
-            return Err("control_ca_file: no PEM certificate in the trust bundle".into());
-        }
-        let host = ep.uri().host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_string();
-        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)).domain_name(host);
-        ep.tls_config(tls).map_err(|e| format!("control_addr: {e}"))
+        control_endpoint::endpoint(&self.url, self.ca_pem.as_deref())
     }
 }
 

@@ -185,24 +185,11 @@ pub async fn channel(control: &Control) -> Channel {
     control.endpoint().connect_timeout(Duration::from_secs(2)).connect().await.expect("connect to control")
 }
 
-/// The sidecar settings that point at `control`: its URL and trust bundle.
-pub fn sidecar_control(control: &Control) -> redfire::sidecar::config::Settings {
-    redfire::sidecar::config::Settings {
-        control_addr: Some(control.grpc_url()),
-        control_ca_file: control.trust_bundle_file.as_ref().map(|p| p.display().to_string()),
-        ..Default::default()
-    }
-}
-
 /// A channel to a control process on 127.0.0.1:`port` whose trust bundle
 /// is in `bundle_file` (TLS, as an operator's client would connect).
 pub async fn process_channel(port: u16, bundle_file: &std::path::Path) -> Channel {
-    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
     let pem = std::fs::read_to_string(bundle_file).expect("control wrote its trust bundle");
-    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)).domain_name("127.0.0.1");
-    Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
-        .unwrap()
-        .tls_config(tls)
+    redfire::mesh::process::control_endpoint::endpoint(&format!("https://127.0.0.1:{port}"), Some(&pem))
         .unwrap()
         .connect_timeout(Duration::from_secs(2))
         .connect()

@@ -1,0 +1,24 @@
+//! How every client reaches control's gRPC API (the sidecar, in-process
+//! embedders, tests, benches): an endpoint for control's URL that, for
+//! `https://`, verifies control's certificate against the mesh trust bundle,
+//! the server name being the URL's host (a DNS name or IP in `tls_names`).
+//! Errors name the client settings they come from (`control_addr`,
+//! `control_ca_file`).
+
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+
+/// An endpoint for `url`: plaintext for `http://`; for `https://`, TLS
+/// trusting exactly the roots of `trust_bundle` (PEM), which it requires.
+pub fn endpoint(url: &str, trust_bundle: Option<&str>) -> Result<Endpoint, String> {
+    let ep = Endpoint::from_shared(url.to_string()).map_err(|e| format!("control_addr: {e}"))?;
+    if !url.starts_with("https://") {
+        return Ok(ep);
+    }
+    let pem = trust_bundle.ok_or("control_ca_file: needed to verify an https:// control_addr")?;
+    if !pem.contains("-----BEGIN CERTIFICATE-----") {
+        return Err("control_ca_file: no PEM certificate in the trust bundle".into());
+    }
+    let host = ep.uri().host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_string();
+    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)).domain_name(host);
+    ep.tls_config(tls).map_err(|e| format!("control_addr: {e}"))
+}
