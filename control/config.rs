@@ -60,6 +60,24 @@ pub enum TokenCommand {
         /// How long the token is valid.
         #[arg(long, default_value = "720h")]
         ttl: String,
+        /// How many distinct sidecars (keys) it may certify; each key once
+        /// (the same sidecar may come back with it, another may not).
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+    },
+    /// Prints an operator token: `authorization: Bearer <token>` on calls
+    /// to control's gRPC API (uses the same CA settings as the server).
+    Operator {
+        /// Who it is for (shown in refusals and logs).
+        #[arg(long)]
+        subject: String,
+        /// A role: policy-admin, events-admin or registry-admin (repeat for
+        /// several).
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+        /// How long the token is valid.
+        #[arg(long, default_value = "12h")]
+        ttl: String,
     },
 }
 

@@ -2,9 +2,9 @@
 
 use std::process::ExitCode;
 
+use redfire::control::authz::token;
 use redfire::control::config::{Command, Config, TokenCommand};
 use redfire::control::identity::ca::Ca;
-use redfire::control::identity::token;
 use redfire::control::server::{Control, ServerError};
 use redfire::mesh::process::{shutdown, telemetry};
 
@@ -24,8 +24,11 @@ fn main() -> ExitCode {
         }
     };
     match command {
-        Some(Command::Token(TokenCommand::Create { service, namespace, ttl })) => {
-            return runtime.block_on(create_token(config, &service, &namespace, &ttl));
+        Some(Command::Token(TokenCommand::Create { service, namespace, ttl, uses })) => {
+            return runtime.block_on(create_token(config, Token::Bootstrap { service, namespace, uses }, &ttl));
+        }
+        Some(Command::Token(TokenCommand::Operator { subject, roles, ttl })) => {
+            return runtime.block_on(create_token(config, Token::Operator { subject, roles }, &ttl));
         }
         Some(Command::TrustBundle) => return runtime.block_on(print_trust_bundle(config)),
         None => {}
@@ -69,20 +72,31 @@ async fn print_trust_bundle(config: Config) -> ExitCode {
     }
 }
 
-/// `redfire-control token create`: prints one bootstrap token on stdout.
-async fn create_token(config: Config, service: &str, namespace: &str, ttl: &str) -> ExitCode {
+/// What `redfire-control token` prints.
+enum Token {
+    Bootstrap { service: String, namespace: String, uses: u32 },
+    Operator { subject: String, roles: Vec<String> },
+}
+
+/// `redfire-control token create|operator`: prints one token on stdout.
+async fn create_token(config: Config, kind: Token, ttl: &str) -> ExitCode {
     use redfire::mesh::registry::validate_service_name;
+    let invalid = |e: String| {
+        eprintln!("redfire-control: invalid config: {e}");
+        ExitCode::from(2)
+    };
     let ttl = match humantime::parse_duration(ttl) {
         Ok(t) if !t.is_zero() => t,
-        _ => {
-            eprintln!("redfire-control: invalid config: ttl: {ttl:?} is not a duration like 24h");
-            return ExitCode::from(2);
-        }
+        _ => return invalid(format!("ttl: {ttl:?} is not a duration like 24h")),
     };
-    for (key, value) in [("service", service), ("namespace", namespace)] {
-        if let Err(e) = validate_service_name(value) {
-            eprintln!("redfire-control: invalid config: {key}: {}", e.trim_start_matches("service: "));
-            return ExitCode::from(2);
+    if let Token::Bootstrap { service, namespace, uses } = &kind {
+        for (key, value) in [("service", service), ("namespace", namespace)] {
+            if let Err(e) = validate_service_name(value) {
+                return invalid(format!("{key}: {}", e.trim_start_matches("service: ")));
+            }
+        }
+        if *uses == 0 {
+            return invalid("uses: at least 1".into());
         }
     }
     let ca = match Ca::load(config.ca).await {
@@ -92,7 +106,19 @@ async fn create_token(config: Config, service: &str, namespace: &str, ttl: &str)
             return ExitCode::FAILURE;
         }
     };
-    match token::create(&ca, namespace, service, ttl) {
+    let created = match &kind {
+        Token::Bootstrap { service, namespace, uses } => {
+            token::create_at(&ca, namespace, service, std::time::SystemTime::now(), ttl, *uses)
+        }
+        Token::Operator { subject, roles } => {
+            let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
+            match token::create_operator(&ca, subject, &roles, ttl) {
+                Err(e) => return invalid(e),
+                ok => ok,
+            }
+        }
+    };
+    match created {
         Ok(t) => {
             println!("{t}");
             ExitCode::SUCCESS

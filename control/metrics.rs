@@ -49,6 +49,18 @@ pub struct ServiceLabels {
     pub service: String,
 }
 
+/// Labels of `authz_denied`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeniedLabels {
+    /// `registry`, `events`, ….
+    pub api: &'static str,
+    /// The method.
+    pub method: &'static str,
+    /// `no_credential`, `bad_credential`, `bootstrap_token_misused`,
+    /// `role_missing`, `other_service`, `topic_not_granted`, `no_rule`.
+    pub reason: &'static str,
+}
+
 /// Every metric of the control service.
 #[derive(Debug)]
 pub struct Metrics {
@@ -66,6 +78,8 @@ pub struct Metrics {
     pub policy_load_errors: std::sync::Arc<Counter>,
     /// TLS handshakes on the gRPC listener that failed or timed out.
     pub tls_handshake_failures: Counter,
+    /// Calls refused by the authorization layer.
+    pub authz_denied: Family<DeniedLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -100,6 +114,12 @@ impl Default for Metrics {
             "TLS handshakes on the gRPC listener that failed (no TLS, a bad client certificate) or timed out",
             tls_handshake_failures.clone(),
         );
+        let authz_denied = Family::<DeniedLabels, Counter>::default();
+        registry.register(
+            "authz_denied",
+            "calls refused by the authorization layer, by API, method and reason",
+            authz_denied.clone(),
+        );
         Metrics {
             registry,
             rpcs,
@@ -112,6 +132,7 @@ impl Default for Metrics {
             events,
             policy_load_errors,
             tls_handshake_failures,
+            authz_denied,
         }
     }
 }

@@ -12,6 +12,7 @@
 //! See ARCHITECTURE.md for the flow.
 
 pub mod admin;
+pub mod authz;
 pub mod config;
 pub mod events;
 pub mod identity;

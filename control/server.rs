@@ -11,12 +11,18 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 
 use crate::control::admin::{self, Admin};
+use crate::control::authz::Authz;
+use crate::control::authz::caller::Authenticator;
+use crate::control::authz::event_acl::EventAcl;
+use crate::control::authz::layer::AuthzLayer;
+use crate::control::authz::token;
 use crate::control::config::{Config, StoreKind};
 use crate::control::events::memory::MemoryEventStore;
 use crate::control::events::redis::{RedisEventConfig, RedisEventStore};
 use crate::control::events::service::EventsService;
 use crate::control::events::store::EventStore;
 use crate::control::identity::ca::Ca;
+use crate::control::identity::redeem::Redemptions;
 use crate::control::identity::service::IdentityService;
 use crate::control::metrics::Metrics;
 use crate::control::policy::files::PolicyDir;
@@ -27,7 +33,7 @@ use crate::control::registry::redis::{RedisConfig, RedisStore};
 use crate::control::registry::service::{LeasePolicy, RegistryService};
 use crate::control::registry::store::RegistryStore;
 use crate::control::tls::{self, ServingCert};
-use crate::mesh::process::control_endpoint;
+use crate::mesh::process::control_endpoint::{self, BearerToken, OperatorChannel};
 use crate::mesh::process::shutdown::Drain;
 use crate::mesh::process::telemetry;
 use crate::proto::events::v1::events_server::EventsServer;
@@ -76,8 +82,10 @@ pub struct Control {
     pub trust_bundle_pem: String,
     /// Where the bundle was written, if anywhere.
     pub trust_bundle_file: Option<std::path::PathBuf>,
-    /// TLS on the gRPC API (false only with `dev_insecure_control`).
+    /// TLS and authorization on the gRPC API (false only with
+    /// `dev_insecure_control`).
     pub tls: bool,
+    ca: Arc<Ca>,
     drain: Drain,
     task: JoinHandle<Result<(), ServerError>>,
 }
@@ -116,7 +124,6 @@ impl Control {
             let server_config = tls::server_config(&ca, cert.clone()).map_err(ServerError::Tls)?;
             Some(TlsParts { server_config, cert, ca: ca.clone() })
         };
-        let identity = IdentityService::new(ca, metrics.clone()).map_err(|e| ServerError::Grpc(e.to_string()))?;
         let drain = Drain::default();
         let events: Arc<dyn EventStore> = match config.store {
             StoreKind::Memory => Arc::new(MemoryEventStore::new(config.events.store.clone())),
@@ -144,6 +151,23 @@ impl Control {
                 p
             }
         };
+        // Authorization: callers named by certificate or token, the event
+        // bus ACL following the policy store (so every replica on one Redis
+        // enforces the same rules).
+        let acl = Arc::new(EventAcl::default());
+        let acl_task = crate::control::policy::event_acl::follow(&policies, acl.clone());
+        let authenticator = match config.dev_insecure_control {
+            true => None,
+            false => Some(Authenticator::new(token::Verifier::new(&*ca).map_err(ServerError::Tls)?)),
+        };
+        let authz = Arc::new(Authz::new(authenticator, acl, metrics.authz_denied.clone()));
+        let redemptions = match config.store {
+            StoreKind::Memory => Redemptions::memory(),
+            StoreKind::Redis => Redemptions::redis(&config.redis_url, &config.redis_prefix, config.redis_timeout)
+                .map_err(ServerError::Store)?,
+        };
+        let identity = IdentityService::new(ca.clone(), redemptions, authz.clone(), metrics.clone())
+            .map_err(|e| ServerError::Grpc(e.to_string()))?;
         let policy_dir = match &config.policy_dir {
             Some(dir) => {
                 let d = PolicyDir::load(dir.clone(), policies.clone(), metrics.policy_load_errors.clone()).await?;
@@ -151,11 +175,22 @@ impl Control {
             }
             None => None,
         };
+        let background = [policy_dir, Some(acl_task)].into_iter().flatten().collect::<Vec<_>>();
         let task = match config.store {
             StoreKind::Memory => {
                 let store = MemoryStore::new(config.watch_history, config.sweep_interval);
-                let parts =
-                    Parts { grpc, admin, metrics, identity, events, policies, policy_dir, tls, drain: drain.clone() };
+                let parts = Parts {
+                    grpc,
+                    admin,
+                    metrics,
+                    identity,
+                    events,
+                    policies,
+                    background,
+                    tls,
+                    authz: authz.clone(),
+                    drain: drain.clone(),
+                };
                 tokio::spawn(serve(Arc::new(store), parts, config))
             }
             StoreKind::Redis => {
@@ -172,13 +207,45 @@ impl Control {
                 // reachable); give a reachable Redis a moment so a fresh
                 // replica starts with the registry already loaded.
                 store.wait_synced(config.redis_timeout).await;
-                let parts =
-                    Parts { grpc, admin, metrics, identity, events, policies, policy_dir, tls, drain: drain.clone() };
+                let parts = Parts {
+                    grpc,
+                    admin,
+                    metrics,
+                    identity,
+                    events,
+                    policies,
+                    background,
+                    tls,
+                    authz: authz.clone(),
+                    drain: drain.clone(),
+                };
                 tokio::spawn(serve(Arc::new(store), parts, config))
             }
         };
         tracing::info!(%grpc_addr, %admin_addr, tls = tls_on, "redfire-control serving");
-        Ok(Control { grpc_addr, admin_addr, trust_bundle_pem, trust_bundle_file, tls: tls_on, drain, task })
+        Ok(Control { grpc_addr, admin_addr, trust_bundle_pem, trust_bundle_file, tls: tls_on, ca, drain, task })
+    }
+
+    /// An operator token with `roles` signed by this control's CA, valid for
+    /// an hour (embedding, tests, examples; operators use `redfire-control
+    /// token operator`).
+    pub fn operator_token(&self, subject: &str, roles: &[&str]) -> Result<String, String> {
+        token::create_operator(&*self.ca, subject, roles, std::time::Duration::from_secs(3600))
+    }
+
+    /// A one-use bootstrap token for `service` in `namespace` signed by this
+    /// control's CA, valid for 10 minutes (embedding, tests, examples;
+    /// operators use `redfire-control token create`).
+    pub fn bootstrap_token(&self, namespace: &str, service: &str) -> Result<String, String> {
+        token::create(&*self.ca, namespace, service, std::time::Duration::from_secs(600))
+    }
+
+    /// A connected channel to this control whose calls carry an operator
+    /// token with `roles` ([`Control::operator_token`]).
+    pub async fn operator_channel(&self, subject: &str, roles: &[&str]) -> Result<OperatorChannel, String> {
+        let token = BearerToken::new(self.operator_token(subject, roles)?.as_str())?;
+        let channel = self.endpoint().connect().await.map_err(|e| format!("connect {}: {e}", self.grpc_url()))?;
+        Ok(OperatorChannel::new(channel, token))
     }
 
     /// The gRPC API's URL: `https://<addr>` (or `http://` with
@@ -227,9 +294,11 @@ struct Parts {
     identity: IdentityService,
     events: Arc<dyn EventStore>,
     policies: Arc<PolicyStore>,
-    policy_dir: Option<JoinHandle<()>>,
+    /// The policy directory's watcher and the event ACL's follower.
+    background: Vec<JoinHandle<()>>,
     /// TLS on the gRPC listener (`None`: plaintext, `dev_insecure_control`).
     tls: Option<TlsParts>,
+    authz: Arc<Authz>,
     drain: Drain,
 }
 
@@ -242,7 +311,8 @@ struct TlsParts {
 }
 
 async fn serve<S: RegistryStore>(store: Arc<S>, parts: Parts, config: Config) -> Result<(), ServerError> {
-    let Parts { grpc, admin: admin_listener, metrics, identity, events, policies, policy_dir, tls, drain } = parts;
+    let Parts { grpc, admin: admin_listener, metrics, identity, events, policies, background, tls, authz, drain } =
+        parts;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<RegistryServer<RegistryService<S>>>().await;
     health.set_service_status("", ServingStatus::Serving).await;
@@ -253,8 +323,9 @@ async fn serve<S: RegistryStore>(store: Arc<S>, parts: Parts, config: Config) ->
         .map_err(|e| ServerError::Grpc(e.to_string()))?;
     let leases =
         LeasePolicy { default_ttl: config.lease_ttl, min_ttl: config.lease_ttl_min, max_ttl: config.lease_ttl_max };
-    let registry = RegistryService::new(store.clone(), metrics.clone(), leases, drain.subscribe());
-    let events_service = EventsService::new(events.clone(), metrics.clone(), config.events.limits, drain.subscribe());
+    let registry = RegistryService::new(store.clone(), metrics.clone(), leases, authz.clone(), drain.subscribe());
+    let events_service =
+        EventsService::new(events.clone(), metrics.clone(), config.events.limits, authz.clone(), drain.subscribe());
     // Retention (trims only what every group has acked), then the lag and
     // pending gauges of every topic.
     let trimmer = tokio::spawn({
@@ -310,6 +381,7 @@ async fn serve<S: RegistryStore>(store: Arc<S>, parts: Parts, config: Config) ->
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .trace_fn(telemetry::request_span)
+        .layer(AuthzLayer(authz.clone()))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(RegistryServer::new(registry))
@@ -318,7 +390,7 @@ async fn serve<S: RegistryStore>(store: Arc<S>, parts: Parts, config: Config) ->
             EventsServer::new(events_service)
                 .max_decoding_message_size(config.events.limits.max_payload.saturating_mul(2).max(16 << 20)),
         )
-        .add_service(PolicyServer::new(PolicyService::new(policies.clone(), &drain)));
+        .add_service(PolicyServer::new(PolicyService::new(policies.clone(), authz, &drain)));
     let (server, accept_task, renewal_task): (ServeFuture, _, _) = match tls {
         Some(TlsParts { server_config, cert, ca }) => {
             let renewal = cert.spawn_renewal(ca, config.tls_names.clone());
@@ -355,7 +427,7 @@ async fn serve<S: RegistryStore>(store: Arc<S>, parts: Parts, config: Config) ->
         t.abort();
     }
     policies.close();
-    if let Some(t) = policy_dir {
+    for t in background {
         t.abort();
     }
     let _ = admin_stop_tx.send(());

@@ -38,8 +38,9 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
 
+pub use crate::control::authz::caller::{PeerCerts, TlsConnInfo};
 use crate::control::identity::ca::{Ca, SanName};
-use crate::mesh::identity::spiffe_id;
+use crate::mesh::identity::{Workload, peer_spiffe_id, spiffe_id};
 
 /// The longest a client may take to complete its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -180,19 +181,6 @@ pub fn incoming(
     (tokio_stream::wrappers::ReceiverStream::new(rx), task)
 }
 
-/// A client's verified certificate chain (leaf first), if it presented one.
-#[derive(Debug, Clone, Default)]
-pub struct PeerCerts(pub Option<Arc<Vec<CertificateDer<'static>>>>);
-
-/// What tonic learns of a TLS connection (request extensions).
-#[derive(Debug, Clone)]
-pub struct TlsConnInfo {
-    /// The client's address.
-    pub remote: SocketAddr,
-    /// Its verified chain, if any.
-    pub certs: PeerCerts,
-}
-
 /// One accepted TLS connection.
 #[derive(Debug)]
 pub struct TlsConn {
@@ -205,7 +193,9 @@ impl Connected for TlsConn {
 
     fn connect_info(&self) -> TlsConnInfo {
         let certs = self.inner.get_ref().1.peer_certificates().map(|c| Arc::new(c.to_vec()));
-        TlsConnInfo { remote: self.remote, certs: PeerCerts(certs) }
+        let workload =
+            certs.as_deref().and_then(|c| peer_spiffe_id(c)).and_then(|id| Workload::from_spiffe_id(&id)).map(Arc::new);
+        TlsConnInfo { remote: self.remote, certs: PeerCerts(certs), workload }
     }
 }
 

@@ -7,7 +7,10 @@
 //!    does, and drives a few instances through their life — register, health
 //!    changes through the lease, deregistration, and a lease that lapses
 //!    because its owner "crashed". Every change the Watch receives is printed
-//!    as it arrives, with its revision.
+//!    as it arrives, with its revision. Control's API is TLS and every call
+//!    is authorized: the demo acts as an operator with the `registry-admin`
+//!    role (a token signed by control's CA), and shows an anonymous client
+//!    refused.
 //! 2. A call through the mesh: a `quotes` app behind its sidecar, and a
 //!    `strategy` sidecar whose app calls `127.0.0.1:<port>` to reach `quotes`.
 //!    Both sidecars get SPIFFE certificates from control's CA, find each other
@@ -18,10 +21,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
+use redfire::control::authz::token;
 use redfire::control::config::{Config, Settings};
 use redfire::control::identity::ca::Ca;
-use redfire::control::identity::token;
 use redfire::control::server::Control;
+use redfire::mesh::process::control_endpoint::BearerToken;
 use redfire::proto::registry::v1 as pb;
 use redfire::proto::registry::v1::registry_client::RegistryClient;
 use redfire::sidecar::config::{Config as SidecarConfig, Settings as SidecarSettings};
@@ -83,8 +87,23 @@ async fn main() -> anyhow::Result<()> {
     println!("watching every service:\n");
 
     // Control's API is TLS; this client trusts control's CA (the bundle
-    // control wrote to its ca_dir), as a sidecar does.
-    let mut client = RegistryClient::new(control.endpoint().connect().await?);
+    // control wrote to its ca_dir), as a sidecar does, and calls as an
+    // operator allowed to register any service.
+    let channel = control.endpoint().connect().await?;
+    let anonymous = RegistryClient::new(channel.clone())
+        .register(pb::RegisterRequest { instance: Some(instance("orders", "intruder", 9666, "a")), ttl_ms: 0 })
+        .await;
+    if let Err(refused) = anonymous {
+        println!(
+            "an anonymous Register is refused: {:?}: {}
+",
+            refused.code(),
+            refused.message()
+        );
+    }
+    let token = control.operator_token("demo", &["registry-admin"]).map_err(anyhow::Error::msg)?;
+    let mut client =
+        RegistryClient::with_interceptor(channel, BearerToken::new(token.as_str()).map_err(anyhow::Error::msg)?);
     let mut watch = client.watch(pb::WatchRequest::default()).await?.into_inner();
     let printer = tokio::spawn(async move {
         while let Some(Ok(m)) = watch.next().await {

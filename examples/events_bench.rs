@@ -27,11 +27,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use redfire::control::config::{Config, Settings};
 use redfire::control::server::Control;
+use redfire::mesh::process::control_endpoint::OperatorChannel;
 use redfire::proto::events::v1 as pb;
 use redfire::proto::events::v1::events_client::EventsClient;
 use tokio::sync::{Mutex, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 
 const REDIS: &str = "redis://127.0.0.1:6379";
 const TASKS: usize = 16;
@@ -59,10 +59,12 @@ fn entries(events: Vec<pb::Event>) -> Vec<pb::PublishEntry> {
     events.into_iter().map(|e| pb::PublishEntry { event: Some(e), idempotency_key: String::new() }).collect()
 }
 
-async fn clients(control: &Control) -> anyhow::Result<Vec<EventsClient<Channel>>> {
+/// Four clients calling as an `events-admin` operator (authorization on:
+/// every call goes through control's authorization layer).
+async fn clients(control: &Control) -> anyhow::Result<Vec<EventsClient<OperatorChannel>>> {
     let mut out = Vec::new();
     for _ in 0..4 {
-        let ch = control.endpoint().connect().await?;
+        let ch = control.operator_channel("events-bench", &["events-admin"]).await.map_err(anyhow::Error::msg)?;
         out.push(EventsClient::new(ch).max_decoding_message_size(64 << 20));
     }
     Ok(out)
@@ -70,7 +72,7 @@ async fn clients(control: &Control) -> anyhow::Result<Vec<EventsClient<Channel>>
 
 /// Events/s publishing `total_calls` calls of `batch` events from TASKS tasks.
 async fn publish_rate(
-    cs: &[EventsClient<Channel>],
+    cs: &[EventsClient<OperatorChannel>],
     topic: &str,
     total_calls: usize,
     batch: usize,
@@ -96,7 +98,11 @@ async fn publish_rate(
 }
 
 /// p50 and p99 (ms) of end-to-end latency at 10,000 events/s with `consumers`.
-async fn latency(cs: &[EventsClient<Channel>], topic: &str, consumers: usize) -> anyhow::Result<(f64, f64, usize)> {
+async fn latency(
+    cs: &[EventsClient<OperatorChannel>],
+    topic: &str,
+    consumers: usize,
+) -> anyhow::Result<(f64, f64, usize)> {
     let total = 10_000 * RATE_SECS as usize;
     let samples = Arc::new(Mutex::new(Vec::with_capacity(total)));
     let received = Arc::new(AtomicUsize::new(0));

@@ -44,8 +44,13 @@ async fn main() -> anyhow::Result<()> {
     let control = Control::start(Config::from_settings(settings)?).await?;
     println!("control on {} (in-memory store, TLS)\n", control.grpc_url());
 
+    // Both services call as an operator allowed to use every topic (a
+    // workload would present its certificate and be granted topics by the
+    // `[[event_acl]]` of the redfire-control policy instead).
+    let token = control.operator_token("orders-example", &["events-admin"]).map_err(anyhow::Error::msg)?;
+
     // 1. The orders service: event-sourced Order aggregate.
-    let mut orders = EventsClient::connect(control.endpoint(), "orders-service").await?;
+    let mut orders = EventsClient::connect(control.endpoint(), "orders-service", Some(&token)).await?;
     let append = |expected: u64, ev: pb::Event| pb::AppendToAggregateRequest {
         topic: "orders".into(),
         aggregate_type: "Order".into(),
@@ -69,7 +74,7 @@ async fn main() -> anyhow::Result<()> {
     println!("orders:  order.shipped  published at {pos}\n");
 
     // 2. Billing: acks on Ok, nacks on Err.
-    let mut billing = EventsClient::connect(control.endpoint(), "billing-service").await?;
+    let mut billing = EventsClient::connect(control.endpoint(), "billing-service", Some(&token)).await?;
     let mut spec = Subscribe::new(&["orders"], "billing", "billing-1");
     spec.from_earliest = true;
     spec.limit = Some(4);

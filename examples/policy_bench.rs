@@ -45,9 +45,9 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use redfire::control::authz::token;
 use redfire::control::config::{Config, Settings};
 use redfire::control::identity::ca::Ca;
-use redfire::control::identity::token;
 use redfire::control::server::Control;
 use redfire::mesh::policy::parse_toml;
 use redfire::proto::policy::v1 as pb;
@@ -264,7 +264,9 @@ async fn main() -> anyhow::Result<()> {
             && get(client.admin_addr, "/admin/endpoints").await.contains(&port)
     })
     .await?;
-    let mut api = PolicyClient::new(control.endpoint().connect().await?);
+    let mut api = PolicyClient::new(
+        control.operator_channel("policy-bench", &["policy-admin"]).await.map_err(anyhow::Error::msg)?,
+    );
 
     println!(
         "policy at the inbound sidecar: {CONNECTIONS}x{PER_CONNECTION} requests in flight, {seconds} s per scenario\n"

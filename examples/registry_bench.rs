@@ -54,13 +54,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use redfire::control::config::{Config, Settings};
 use redfire::control::server::Control;
+use redfire::mesh::process::control_endpoint::{BearerToken, OperatorChannel};
 use redfire::mesh::process::{control_endpoint, shutdown, telemetry};
 use redfire::proto::registry::v1 as pb;
 use redfire::proto::registry::v1::registry_client::RegistryClient;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Child;
 use tokio::task::JoinSet;
-use tonic::transport::Channel;
 
 const REDIS_URL: &str = "redis://127.0.0.1:6379";
 /// Instances registered in step 1 (and held for the RSS reading).
@@ -105,6 +105,8 @@ impl Transport {
 struct Dial {
     addr: SocketAddr,
     bundle: Option<String>,
+    /// An operator token (`registry-admin`) the server minted.
+    token: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,7 +181,7 @@ fn main() -> anyhow::Result<()> {
 // The server process.
 
 /// `--serve`: a control service on free ports that prints `GRPC <addr>
-/// <trust bundle file, or - for plaintext>` and runs until stdin closes (the
+/// <trust bundle file, or - for plaintext> <operator token>` and runs until stdin closes (the
 /// parent is done or gone) or SIGTERM/SIGINT.
 fn serve(store: &str, prefix: &str, tls: bool) -> anyhow::Result<()> {
     let bundle = std::env::temp_dir().join(format!("redfire-bench-bundle-{}.pem", std::process::id()));
@@ -207,7 +209,8 @@ fn serve(store: &str, prefix: &str, tls: bool) -> anyhow::Result<()> {
         let _telemetry = telemetry::init("redfire-control", config.log_format, &config.log_level);
         let control = Control::start(config).await?;
         let file = if control.tls { bundle.display().to_string() } else { "-".into() };
-        println!("GRPC {} {file}", control.grpc_addr);
+        let token = control.operator_token("registry-bench", &["registry-admin"]).map_err(anyhow::Error::msg)?;
+        println!("GRPC {} {file} {token}", control.grpc_addr);
         std::io::stdout().flush()?;
         tokio::select! {
             _ = eof_rx => {}
@@ -257,12 +260,15 @@ impl Server {
         .await
         .context("server did not print its address within 20 s")??;
         let rest = line.strip_prefix("GRPC ").with_context(|| format!("unexpected server line {line:?}"))?;
-        let (addr, file) = rest.split_once(' ').with_context(|| format!("unexpected server line {line:?}"))?;
+        let mut parts = rest.split(' ');
+        let (Some(addr), Some(file), Some(token)) = (parts.next(), parts.next(), parts.next()) else {
+            anyhow::bail!("unexpected server line {line:?}");
+        };
         let bundle = match file {
             "-" => None,
             f => Some(std::fs::read_to_string(f).with_context(|| format!("trust bundle {f}"))?),
         };
-        let dial = Dial { addr: addr.parse()?, bundle };
+        let dial = Dial { addr: addr.parse()?, bundle, token: token.to_string() };
         // The server logs (warnings and up) to stdout: pass them on, marked,
         // and never let a full pipe block the server.
         tokio::spawn(async move {
@@ -447,7 +453,9 @@ fn cpu_secs(pid: &str) -> anyhow::Result<f64> {
     Ok((ticks(11)? + ticks(12)?) as f64 / 100.0)
 }
 
-async fn connect(dial: &Dial, per_call: Option<Duration>) -> anyhow::Result<Channel> {
+/// A channel to the server as an operator (authorization on with TLS: each
+/// call passes control's authorization layer).
+async fn connect(dial: &Dial, per_call: Option<Duration>) -> anyhow::Result<OperatorChannel> {
     let url = format!("{}://{}", if dial.bundle.is_some() { "https" } else { "http" }, dial.addr);
     let mut endpoint = control_endpoint::endpoint(&url, dial.bundle.as_deref())
         .map_err(anyhow::Error::msg)?
@@ -455,7 +463,8 @@ async fn connect(dial: &Dial, per_call: Option<Duration>) -> anyhow::Result<Chan
     if let Some(t) = per_call {
         endpoint = endpoint.timeout(t);
     }
-    Ok(endpoint.connect().await?)
+    let token = BearerToken::new(dial.token.as_str()).map_err(anyhow::Error::msg)?;
+    Ok(OperatorChannel::new(endpoint.connect().await?, token))
 }
 
 /// A typical instance: a few ports, zone, version, metadata, tags.
@@ -530,7 +539,7 @@ struct Watchers {
     failed: Arc<AtomicUsize>,
     stop: tokio::sync::watch::Sender<bool>,
     opened_in: Duration,
-    _channels: Vec<Channel>,
+    _channels: Vec<OperatorChannel>,
 }
 
 impl Watchers {
@@ -608,7 +617,7 @@ impl Watchers {
 /// One watcher: open, wait for the snapshot, then time each PUT until it has
 /// seen `PROPAGATIONS` of them or is told to stop.
 async fn watch(
-    mut client: RegistryClient<Channel>,
+    mut client: RegistryClient<OperatorChannel>,
     ready: &AtomicUsize,
     opening: &tokio::sync::Semaphore,
     base: Instant,

@@ -42,10 +42,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use redfire::control::authz::token;
 use redfire::control::config::{Config, Settings};
 use redfire::control::events::client::EventsClient;
 use redfire::control::identity::ca::Ca;
-use redfire::control::identity::token;
 use redfire::control::server::Control;
 use redfire::mesh::events::unix_us;
 use redfire::proto::policy::v1 as ppb;
@@ -194,9 +194,13 @@ async fn run() -> anyhow::Result<()> {
     let policy = format!(
         "[jwt]\n[[jwt.issuers]]\nissuer = \"bench\"\naudiences = [\"bench\"]\nalgorithms = [\"HS256\"]\nkeys = [{{ secret = \"{SECRET}\" }}]\n\n[[topics]]\nname = \"bench\"\nsubscribe = [\"*\"]\n"
     );
-    PolicyClient::new(control.endpoint().connect().await?)
-        .set(ppb::SetRequest { service: "gateway".into(), toml: policy })
-        .await?;
+    let mut policies =
+        PolicyClient::new(control.operator_channel("ws-fanout", &["policy-admin"]).await.map_err(anyhow::Error::msg)?);
+    policies.set(ppb::SetRequest { service: "gateway".into(), toml: policy }).await?;
+    // The event bus ACL: the gateway (its workload certificate) may use the
+    // bench topic; the publisher below is an operator.
+    let acl = "[[event_acl]]\nname = \"bench\"\nsubscribe = [\"gateway\"]\npublish = [\"gateway\"]\n";
+    policies.set(ppb::SetRequest { service: "redfire-control".into(), toml: acl.into() }).await?;
     let routes = dir.join("routes.toml");
     std::fs::write(&routes, "[[route]]\nname = \"none\"\npath_prefix = \"/\"\nservice = \"none\"\n")?;
     let bootstrap = token::create(&ca, "default", "gateway", Duration::from_secs(3600)).map_err(anyhow::Error::msg)?;
@@ -207,7 +211,8 @@ async fn run() -> anyhow::Result<()> {
         &claims,
         &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
     )?;
-    let mut publisher = EventsClient::connect(control.endpoint(), "bench").await?;
+    let publisher_token = control.operator_token("ws-fanout", &["events-admin"]).map_err(anyhow::Error::msg)?;
+    let mut publisher = EventsClient::connect(control.endpoint(), "bench", Some(&publisher_token)).await?;
 
     println!(
         "| placement | subscribers | connect s | p50 ms | p99 ms | max ms | deliveries | gateway CPU ms/event | clients CPU ms/event | RSS before MB | RSS idle MB | per conn KB |"

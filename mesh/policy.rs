@@ -57,7 +57,17 @@ pub struct PolicyDoc {
     /// which event topics (no rule matching a topic: nobody may).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub topics: Vec<TopicRule>,
+    /// Control's event bus ACL (only in the [`CONTROL_POLICY`] document):
+    /// which callers may publish and subscribe to which topics. Principals
+    /// are service names (workloads), `role:<operator role>` or `*` (any
+    /// authenticated caller); the first rule matching a topic decides, no
+    /// rule: nobody may.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub event_acl: Vec<TopicRule>,
 }
+
+/// The policy document control itself follows (its event bus ACL).
+pub const CONTROL_POLICY: &str = "redfire-control";
 
 /// Allow or deny.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -183,6 +193,17 @@ pub fn parse_toml(text: &str, origin: &str, service: &str) -> Result<PolicyDoc, 
     }
     if !doc.topics.is_empty() && doc.jwt.is_none() {
         return Err(fail("topics", "topics need a [jwt] section: roles come from the verified token".into()));
+    }
+    if !doc.event_acl.is_empty() && service != CONTROL_POLICY {
+        return Err(fail(
+            "event_acl",
+            format!("event_acl belongs in the {CONTROL_POLICY:?} policy, not {service:?}'s"),
+        ));
+    }
+    for rule in &doc.event_acl {
+        for p in rule.publish.iter().chain(&rule.subscribe) {
+            topics::validate_principal(p).map_err(|e| fail("event_acl", format!("rule {:?}: {e}", rule.name.0)))?;
+        }
     }
     if doc.rbac.is_some() && doc.jwt.is_none() {
         return Err(fail("rbac", "rbac needs a [jwt] section: roles come from the verified token".into()));
@@ -383,6 +404,23 @@ window = "60s"
         assert_eq!(doc.rbac.unwrap().rules.len(), 2);
         let gateway = parse_toml(include_str!("../deploy/policies/gateway.toml"), "gateway.toml", "gateway").unwrap();
         assert_eq!((gateway.route.len(), gateway.rate_limits.len(), gateway.topics.len()), (4, 1, 2));
+        let control =
+            parse_toml(include_str!("../deploy/policies/redfire-control.toml"), "redfire-control.toml", CONTROL_POLICY)
+                .unwrap();
+        assert_eq!(control.event_acl.len(), 3);
+    }
+
+    #[test]
+    fn event_acl_lives_in_controls_policy_and_names_services_roles_or_any() {
+        let acl = "[[event_acl]]\nname = \"orders.*\"\npublish = [\"orders\", \"role:events-admin\", \"*\"]\n";
+        assert_eq!(parse_toml(acl, "api", CONTROL_POLICY).unwrap().event_acl.len(), 1);
+        let e = parse_toml(acl, "api", "orders").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("event_acl"), "{e}");
+        for bad in ["role:root", "Orders!", ""] {
+            let doc = format!("[[event_acl]]\nname = \"t\"\nsubscribe = [\"{bad}\"]\n");
+            let e = parse_toml(&doc, "api", CONTROL_POLICY).unwrap_err();
+            assert_eq!(e.field.as_deref(), Some("event_acl"), "{bad}: {e}");
+        }
     }
 
     #[test]

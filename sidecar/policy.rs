@@ -44,12 +44,12 @@ use crate::proto::policy::v1::policy_client::PolicyClient;
 use crate::sidecar::metrics::Metrics;
 use crate::sidecar::ratelimit::{RateLimitMetrics, RateLimiter, RedisBackend, RequestFacts};
 use crate::sidecar::shared::errors::ProxyError;
-use crate::sidecar::transport::control::ControlTarget;
 use authz::Authz;
 use jwks::JwksRegistry;
 use jwt::JwtAuth;
 use rbac::Rbac;
 use roles::RoleLookup;
+use tonic::transport::Channel;
 
 /// How long a request waits for the first policy before failing closed.
 pub const FIRST_SYNC_WAIT: Duration = Duration::from_secs(3);
@@ -303,14 +303,13 @@ impl Policy {
         })
     }
 
-    /// Starts watching control at `control` for `service`'s policy.
+    /// Starts watching control on `channel` for `service`'s policy.
     pub fn spawn(
-        control: &ControlTarget,
+        channel: Channel,
         service: &str,
         metrics: Arc<Metrics>,
         limits: Limits,
-    ) -> Result<(Arc<Policy>, tokio::task::JoinHandle<()>), String> {
-        let channel = crate::sidecar::transport::control::channel(control)?;
+    ) -> (Arc<Policy>, tokio::task::JoinHandle<()>) {
         let (synced_tx, synced) = watch::channel(false);
         let p = Arc::new(Policy {
             service: service.into(),
@@ -321,7 +320,7 @@ impl Policy {
             limits,
         });
         let task = tokio::spawn(run(p.clone(), PolicyClient::new(channel), synced_tx));
-        Ok((p, task))
+        (p, task)
     }
 
     /// The policy now.

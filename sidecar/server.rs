@@ -37,6 +37,7 @@ use crate::sidecar::outbound::pool::{CONNECTION_WINDOW, Pool, STREAM_WINDOW};
 use crate::sidecar::outbound::proxy::Outbound;
 use crate::sidecar::policy::{self, Policy};
 use crate::sidecar::ratelimit::{RateLimitMetrics, RedisBackend};
+use crate::sidecar::transport::control;
 use crate::sidecar::transport::credentials::CredentialsRx;
 use crate::sidecar::transport::tls::server_config;
 
@@ -180,10 +181,13 @@ impl Sidecar {
         let (creds, identity_task) =
             identity::spawn(IdentityConfig::new(config.control.clone(), config.bootstrap_token.clone()))
                 .map_err(|e| SidecarError::Start(e.to_string()))?;
-        let (discovery, discovery_task) = discovery::spawn(&config).map_err(SidecarError::Start)?;
+        // One channel to control for the watch streams (discovery, policy,
+        // the hub's event streams), one with a call timeout for the
+        // registration; both present the workload certificate.
+        let control = control::channel(&config.control, &creds, None).map_err(SidecarError::Start)?;
+        let (discovery, discovery_task) = discovery::spawn(&config, control.clone());
 
-        let (policy, policy_task) =
-            Policy::spawn(&config.control, &config.service, metrics.clone(), limits).map_err(SidecarError::Start)?;
+        let (policy, policy_task) = Policy::spawn(control.clone(), &config.service, metrics.clone(), limits);
 
         // The inbound TLS config follows the credentials (rotation: new
         // connections get the new certificate; none while there is none).
@@ -193,14 +197,7 @@ impl Sidecar {
         let drain = Drain::default();
         let (finished_tx, finished_rx) = watch::channel(false);
         let registry = RegistryClient::new(
-            config
-                .control
-                .endpoint()
-                .map_err(SidecarError::Start)?
-                .connect_timeout(Duration::from_secs(2))
-                .tcp_nodelay(true)
-                .timeout(Duration::from_secs(5))
-                .connect_lazy(),
+            control::channel(&config.control, &creds, Some(Duration::from_secs(5))).map_err(SidecarError::Start)?,
         );
         let mut metadata: std::collections::HashMap<_, _> = config.metadata.iter().cloned().collect();
         metadata.insert("namespace".to_string(), config.namespace.clone());
@@ -254,7 +251,7 @@ impl Sidecar {
                     let replica = ws.replica.clone().unwrap_or_else(|| config.instance_id.clone());
                     let hub = Hub::new(
                         ws.clone(),
-                        &config.control,
+                        control.clone(),
                         &replica,
                         &config.service,
                         policy.clone(),

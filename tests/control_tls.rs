@@ -19,7 +19,7 @@ use redfire::proto::registry::v1::registry_client::RegistryClient;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 use support::*;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 /// A TLS endpoint of `control` presenting `identity` (chain PEM, key PEM).
 fn endpoint_with(control: &Control, identity: Option<(String, String)>) -> Endpoint {
@@ -101,14 +101,15 @@ async fn plaintext_foreign_and_expired_clients_are_refused_and_nothing_is_regist
     let e = try_register(endpoint_with(&control, Some(expired)), "expired").await.expect_err("expired refused");
     assert!(!e.is_empty());
 
-    // The same CA's valid certificate, and no certificate at all, connect.
+    // The same CA's valid certificate connects and registers its service;
+    // TLS without a certificate (or a token) connects but is refused.
     let valid = workload_cert(&s, "orders", Duration::from_secs(600)).await;
     try_register(endpoint_with(&control, Some(valid)), "valid").await.expect("a valid workload certificate");
-    try_register(endpoint_with(&control, None), "anonymous").await.expect("TLS without a client certificate");
+    let e = try_register(endpoint_with(&control, None), "anonymous").await.expect_err("no credential");
+    assert!(e.starts_with("Unauthenticated"), "{e}");
 
-    let mut got = orders(&control).await;
-    got.sort();
-    assert_eq!(got, ["anonymous", "valid"], "nothing registered by the refused clients");
+    let got = orders(&control).await;
+    assert_eq!(got, ["valid"], "nothing registered by the refused clients");
     let failures = metric(control.admin_addr, "redfire_control_tls_handshake_failures_total").await;
     assert!(failures >= 3.0, "refused handshakes counted: {failures}");
     control.shutdown();
@@ -143,7 +144,7 @@ async fn control_certificate_rotates_while_100_watchers_see_every_change_exactly
     );
 
     // 100 watchers over 4 connections, opened before the rotation.
-    let mut channels: Vec<Channel> = Vec::new();
+    let mut channels: Vec<OperatorChannel> = Vec::new();
     for _ in 0..4 {
         channels.push(channel(&control).await);
     }

@@ -15,7 +15,6 @@ use redfire::proto::events::v1::events_client::EventsClient as Raw;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
-use tonic::transport::Channel;
 
 fn events_settings(base: Settings) -> Settings {
     Settings {
@@ -27,7 +26,7 @@ fn events_settings(base: Settings) -> Settings {
     }
 }
 
-async fn raw(control: &redfire::control::server::Control) -> Raw<Channel> {
+async fn raw(control: &redfire::control::server::Control) -> Raw<support::OperatorChannel> {
     Raw::new(support::channel(control).await)
 }
 
@@ -51,7 +50,7 @@ fn publish_req(topic: &str, events: Vec<pb::Event>) -> pb::PublishRequest {
     }
 }
 
-async fn publish(c: &mut Raw<Channel>, topic: &str, n: usize) -> Vec<String> {
+async fn publish(c: &mut Raw<support::OperatorChannel>, topic: &str, n: usize) -> Vec<String> {
     let events = (0..n).map(|i| ev("order.created", &format!("o-{}", i % 3), b"{}")).collect();
     let r = c.publish(publish_req(topic, events)).await.expect("publish").into_inner();
     r.results.into_iter().map(|r| r.position).collect()
@@ -64,7 +63,12 @@ struct Sub {
 }
 
 impl Sub {
-    async fn open(c: &mut Raw<Channel>, topic: &str, group: &str, consumer: &str) -> Result<Sub, tonic::Status> {
+    async fn open(
+        c: &mut Raw<support::OperatorChannel>,
+        topic: &str,
+        group: &str,
+        consumer: &str,
+    ) -> Result<Sub, tonic::Status> {
         let (tx, rx) = mpsc::channel(16);
         let open = pb::Open {
             topics: vec![topic.into()],
@@ -208,7 +212,7 @@ async fn subscribe_acks_nacks_extends_and_reports_command_errors_in_the_stream()
     .await;
     let again = tokio::select! { d = a.delivery() => d, d = b.delivery() => d };
     assert_eq!((again.position.clone(), again.delivery_count), (d2.position.clone(), 2));
-    let describe = |c: &Raw<Channel>| {
+    let describe = |c: &Raw<support::OperatorChannel>| {
         let mut c = c.clone();
         async move { c.describe_topic(pb::DescribeTopicRequest { topic: "orders".into() }).await.unwrap().into_inner() }
     };
@@ -282,7 +286,13 @@ async fn replay_after_a_restart_returns_exactly_the_events_since_the_position() 
 #[tokio::test]
 async fn the_rust_client_publishes_domain_events_and_acks_on_ok_nacks_on_err() {
     let control = support::control(events_settings(support::settings())).await;
-    let mut c = EventsClient::connect(control.endpoint(), "orders-service").await.unwrap();
+    let mut c = EventsClient::connect(
+        control.endpoint(),
+        "orders-service",
+        Some(&control.operator_token("t", &["events-admin"]).unwrap()),
+    )
+    .await
+    .unwrap();
     let mut spec = Subscribe::new(&["orders"], "billing", "b1");
     spec.from_earliest = true;
     spec.limit = Some(3);

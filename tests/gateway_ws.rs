@@ -11,10 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
+use redfire::control::authz::token;
 use redfire::control::config::{Config, Settings as ControlSettings};
 use redfire::control::events::client::{EventsClient, Subscribe};
 use redfire::control::identity::ca::Ca;
-use redfire::control::identity::token;
 use redfire::control::server::Control;
 use redfire::proto::events::v1 as pb;
 use redfire::sidecar::config::{Config as SidecarConfig, Settings as SidecarSettings};
@@ -76,6 +76,14 @@ async fn hub_on(control_settings: ControlSettings, policy: &str, replicas: usize
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let control = control(control_settings.clone()).await;
     let version = set_policy(&control, "gateway", policy).await;
+    // The event bus lets the gateways (their workload certificates) use
+    // every topic; end users are limited by the gateway's own [[topics]].
+    set_policy(
+        &control,
+        "redfire-control",
+        "[[event_acl]]\nname = \"*\"\nsubscribe = [\"gateway\"]\npublish = [\"gateway\"]\n",
+    )
+    .await;
     let ca = Ca::load(Config::from_settings(control_settings).unwrap().ca).await.unwrap();
     let routes = TempFile::new("routes.toml", ROUTES);
     let mut gateways = Vec::new();
@@ -100,6 +108,11 @@ async fn hub_on(control_settings: ControlSettings, policy: &str, replicas: usize
         gateways.push(gw);
     }
     Hub { control, gateways, _routes: routes }
+}
+
+/// An operator token for the tests' own publishers.
+fn publisher(control: &Control) -> String {
+    control.operator_token("publisher", &["events-admin"]).unwrap()
 }
 
 fn addr(gw: &Sidecar) -> SocketAddr {
@@ -171,7 +184,8 @@ async fn an_event_reaches_each_replica_subscriber_exactly_once_and_ws_publishes_
     let refused = subscribe(&mut b, "bad topic").await;
     assert_eq!(refused["code"], "bad_topic", "{refused}");
 
-    let mut service = EventsClient::connect(h.control.endpoint(), "signals-service").await.unwrap();
+    let mut service =
+        EventsClient::connect(h.control.endpoint(), "signals-service", Some(&publisher(&h.control))).await.unwrap();
     service.publish_domain_event("payments", "payment.made", "p-1", "Payment", b"{}".to_vec()).await.unwrap();
     let body = br#"{"symbol":"BTC-USD","side":"buy"}"#.to_vec();
     let position =
@@ -274,7 +288,8 @@ async fn handshakes_without_a_good_token_from_a_foreign_origin_or_over_the_user_
 async fn a_message_over_the_limit_closes_with_1009() {
     let h = hub(1, SidecarSettings { gateway_ws_max_message: Some("1024".into()), ..Default::default() }).await;
     let mut ws = open_as(addr(&h.gateways[0]), "erin", &["viewer"]).await;
-    assert_eq!(subscribe(&mut ws, "trading_signals").await["type"], "ack", "a small message is fine");
+    let ack = subscribe(&mut ws, "trading_signals").await;
+    assert_eq!(ack["type"], "ack", "a small message is fine: {ack}");
     let big = json!({ "type": "publish", "topic": "trading_signals", "data": "x".repeat(4096) });
     send(&mut ws, big).await;
     let code = loop {
@@ -311,7 +326,7 @@ async fn a_reader_that_stops_is_closed_as_a_slow_consumer() {
 
     // `slow` reads nothing from here on: 24 MiB of events is more than the
     // socket buffers on both sides hold, so its queue fills.
-    let mut c = EventsClient::connect(h.control.endpoint(), "flood").await.unwrap();
+    let mut c = EventsClient::connect(h.control.endpoint(), "flood", Some(&publisher(&h.control))).await.unwrap();
     let payload = format!("{{\"pad\":\"{}\"}}", "p".repeat(64 * 1024));
     let (batches, per_batch) = (48, 8);
     for _ in 0..batches {
@@ -398,7 +413,7 @@ async fn a_silent_client_is_closed_after_the_pong_timeout_and_every_client_at_dr
             info.groups.into_iter().map(|g| g.name).collect::<Vec<_>>()
         }
     };
-    assert_eq!(groups().await, ["gateway-hub.gw-0"], "the hub's group while it runs");
+    assert_eq!(groups().await, ["gateway.hub.gw-0"], "the hub's group while it runs");
     gw.shutdown();
     assert_eq!(close_code(&mut live).await, Some(CloseCode::Away), "draining closes with 1001");
     // The drained replica deletes its group: nothing holds the topic's retention.
@@ -445,9 +460,9 @@ async fn across_a_control_restart_on_redis_every_event_arrives_once() {
     let mut ws = open_as(addr(gw), "judy", &["viewer"]).await;
     assert_eq!(subscribe(&mut ws, "trading_signals").await["type"], "ack");
     let publish = |control: &Control, n: u32| {
-        let endpoint = control.endpoint();
+        let (endpoint, token) = (control.endpoint(), publisher(control));
         async move {
-            let mut c = EventsClient::connect(endpoint, "signals").await.unwrap();
+            let mut c = EventsClient::connect(endpoint, "signals", Some(&token)).await.unwrap();
             let data = format!("{{\"n\":{n}}}").into_bytes();
             c.publish_domain_event("trading_signals", "signal.created", "s", "Signal", data).await.unwrap();
         }

@@ -8,9 +8,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use rcgen::{CertificateParams, KeyPair, SanType};
+use redfire::control::authz::token;
 use redfire::control::config::{Config, Settings};
 use redfire::control::identity::ca::{Ca, generate_root, pem_blocks};
-use redfire::control::identity::token;
 use redfire::proto::identity::v1 as pb;
 use redfire::proto::identity::v1::identity_client::IdentityClient;
 use support::*;
@@ -19,7 +19,7 @@ use tonic::transport::Channel;
 use x509_parser::prelude::*;
 
 async fn identity_client(control: &redfire::control::server::Control) -> IdentityClient<Channel> {
-    IdentityClient::new(channel(control).await)
+    IdentityClient::new(anonymous_channel(control).await)
 }
 
 /// A CSR for a fresh key, asking (uselessly) for `san`.
@@ -64,8 +64,13 @@ async fn token_gets_a_spiffe_certificate_chained_to_the_root() {
     let ctl = control(settings()).await;
     let tok = token::create(&ca_of(settings()).await, "trading", "orders", Duration::from_secs(600)).unwrap();
     let mut c = identity_client(&ctl).await;
-    // The CSR asks for another identity: the CA decides, from the token.
+    // A CSR asking for another identity is refused (and does not spend the
+    // token); one naming its own, or none, gets the token's identity.
     let (_key, csr_pem) = csr(Some("spiffe://redfire.local/ns/kube-system/sa/admin"));
+    let e = c.issue_certificate(issue_req(csr_pem, BootstrapToken(tok.clone()))).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("sa/admin") && e.message().contains("sa/orders"), "{}", e.message());
+    let (_key, csr_pem) = csr(Some("spiffe://redfire.local/ns/trading/sa/orders"));
     let r = c.issue_certificate(issue_req(csr_pem, BootstrapToken(tok))).await.unwrap().into_inner();
     assert_eq!(r.spiffe_id, "spiffe://redfire.local/ns/trading/sa/orders");
 
@@ -124,7 +129,7 @@ async fn bad_credentials_and_bad_csrs_are_refused_with_a_reason() {
     let foreign_tok = token::create(&foreign, "default", "orders", Duration::from_secs(600)).unwrap();
     // A token that expired 50 minutes ago (far beyond the 30 s leeway).
     let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
-    let expired = token::create_at(&ca, "default", "orders", hour_ago, Duration::from_secs(600)).unwrap();
+    let expired = token::create_at(&ca, "default", "orders", hour_ago, Duration::from_secs(600), 1).unwrap();
     let good = token::create(&ca, "default", "orders", Duration::from_secs(600)).unwrap();
     let mut parts: Vec<&str> = good.split('.').collect();
     let forged_payload = {

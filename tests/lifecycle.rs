@@ -30,7 +30,7 @@ async fn sigterm_drains_and_exits_zero() {
         "control became ready"
     );
     let bundle = std::path::Path::new(&test_ca_dir()).join("bundle.pem");
-    let mut c = pb::registry_client::RegistryClient::new(process_channel(grpc, &bundle).await);
+    let mut c = pb::registry_client::RegistryClient::new(process_channel(grpc, &bundle, &test_ca_dir()).await);
     register(&mut c, instance("orders", "a"), 0).await;
     let mut w = Watcher::open(&mut c, pb::WatchRequest::default()).await;
     w.snapshot(Duration::from_secs(5)).await;
@@ -78,9 +78,9 @@ fn invalid_config_exits_2_with_one_line_naming_the_key() {
 
 #[tokio::test]
 async fn sidecar_sigterm_reports_draining_deregisters_and_exits_zero() {
+    use redfire::control::authz::token;
     use redfire::control::config::Config;
     use redfire::control::identity::ca::Ca;
-    use redfire::control::identity::token;
     let ctl = control(settings()).await;
     let ca = Ca::load(Config::from_settings(settings()).unwrap().ca).await.unwrap();
     let tok = token::create(&ca, "default", "lifecycle", Duration::from_secs(600)).unwrap();

@@ -11,7 +11,7 @@ use tonic::Code;
 
 const T: Duration = Duration::from_secs(5);
 
-type Client = pb::registry_client::RegistryClient<tonic::transport::Channel>;
+type Client = pb::registry_client::RegistryClient<support::OperatorChannel>;
 
 /// Two replicas on one Redis prefix, a client of each, a Watch on each past its snapshot.
 async fn two_replicas_watching(
@@ -74,7 +74,7 @@ async fn lease_expiry_happens_once_across_replicas_and_after_one_dies() {
 
 /// Renews `lease` every 300 ms, ignoring failures (as a sidecar would retry).
 fn keep_renewing(
-    c: &pb::registry_client::RegistryClient<tonic::transport::Channel>,
+    c: &pb::registry_client::RegistryClient<support::OperatorChannel>,
     lease: u64,
 ) -> tokio::task::JoinHandle<()> {
     let mut c = c.clone();

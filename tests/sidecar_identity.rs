@@ -7,9 +7,9 @@ mod support;
 
 use std::time::{Duration, SystemTime};
 
+use redfire::control::authz::token;
 use redfire::control::config::{Config, Settings};
 use redfire::control::identity::ca::Ca;
-use redfire::control::identity::token;
 use redfire::sidecar::control_client::identity::{self, IdentityConfig};
 use redfire::sidecar::transport::control::ControlTarget;
 use redfire::sidecar::transport::credentials::CredentialsRx;

@@ -12,9 +12,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
+use redfire::control::authz::token;
 use redfire::control::config::Config;
 use redfire::control::identity::ca::Ca;
-use redfire::control::identity::token;
 use support::mesh::*;
 use support::*;
 

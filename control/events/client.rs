@@ -5,7 +5,9 @@
 //! let bundle = std::fs::read_to_string("bundle.pem")?;   // control's trust bundle
 //! let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(bundle)).domain_name("127.0.0.1");
 //! let endpoint = Endpoint::from_static("https://127.0.0.1:15010").tls_config(tls)?;
-//! let mut c = EventsClient::connect(endpoint, "orders-service").await?;
+//! // A workload adds its certificate to the TLS config; an operator passes
+//! // its token (`redfire-control token operator`).
+//! let mut c = EventsClient::connect(endpoint, "orders-service", Some(&token)).await?;
 //! c.publish_domain_event("orders", "order.created", "o-1", "Order", br#"{"qty":3}"#.to_vec()).await?;
 //! c.subscribe(Subscribe::new(&["orders"], "billing", "billing-1"), |d| async move {
 //!     println!("{} {}", d.position, d.delivery_count);
@@ -19,9 +21,10 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
 use crate::mesh::events::Envelope;
+use crate::mesh::process::control_endpoint::{BearerToken, OperatorChannel};
 use crate::proto::events::v1 as pb;
 use crate::proto::events::v1::events_client::EventsClient as Raw;
 
@@ -72,25 +75,28 @@ impl Subscribe {
 /// See the module docs.
 #[derive(Debug, Clone)]
 pub struct EventsClient {
-    raw: Raw<Channel>,
+    raw: Raw<OperatorChannel>,
     source: String,
 }
 
 impl EventsClient {
     /// Connects to control at `endpoint` (with its TLS settings, e.g.
-    /// `Control::endpoint`); events are published with `source`.
-    pub async fn connect(endpoint: Endpoint, source: &str) -> Result<EventsClient, Status> {
+    /// `Control::endpoint`), calling with operator `token` if given (else as
+    /// the workload of the endpoint's client certificate); events are
+    /// published with `source`.
+    pub async fn connect(endpoint: Endpoint, source: &str, token: Option<&str>) -> Result<EventsClient, Status> {
         let url = endpoint.uri().to_string();
+        let token = BearerToken::new(token).map_err(Status::invalid_argument)?;
         let channel = endpoint
             .connect_timeout(Duration::from_secs(3))
             .connect()
             .await
             .map_err(|e| Status::unavailable(format!("connect {url}: {e}")))?;
-        Ok(EventsClient { raw: Raw::new(channel), source: source.into() })
+        Ok(EventsClient { raw: Raw::new(OperatorChannel::new(channel, token)), source: source.into() })
     }
 
     /// The generated client, for calls this wrapper does not cover.
-    pub fn raw(&mut self) -> &mut Raw<Channel> {
+    pub fn raw(&mut self) -> &mut Raw<OperatorChannel> {
         &mut self.raw
     }
 

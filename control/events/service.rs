@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::store::EventStore;
 use super::subscription::{Handle, SubscribeSpec, Subscription};
+use crate::control::authz::{Admitted, Authz};
 use crate::control::metrics::Metrics;
 use crate::control::metrics::events::EventMetrics;
 use crate::mesh::events::{Envelope, EventError, NewEvent, Position, Retention, StartFrom, TopicInfo, validate_name};
@@ -43,6 +44,7 @@ pub struct EventsService {
     store: Arc<dyn EventStore>,
     metrics: Arc<Metrics>,
     limits: EventLimits,
+    authz: Arc<Authz>,
     shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
@@ -56,9 +58,15 @@ impl EventsService {
         store: Arc<dyn EventStore>,
         metrics: Arc<Metrics>,
         limits: EventLimits,
+        authz: Arc<Authz>,
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
-        EventsService { store, metrics, limits, shutdown }
+        EventsService { store, metrics, limits, authz, shutdown }
+    }
+
+    /// The event bus ACL's decision for a call on one topic.
+    fn granted<T>(&self, req: &Request<T>, topic: &str) -> Result<(), Status> {
+        self.authz.topics(Admitted::of(req), [topic])
     }
 
     fn events(&self) -> Arc<EventMetrics> {
@@ -243,6 +251,7 @@ fn command_error(topic: String, position: String, e: EventError) -> pb::Subscrib
 #[tonic::async_trait]
 impl Events for EventsService {
     async fn publish(&self, req: Request<pb::PublishRequest>) -> Result<Response<pb::PublishResponse>, Status> {
+        self.granted(&req, &req.get_ref().topic)?;
         let started = Instant::now();
         let r = self.publish_inner(req.into_inner()).await;
         self.finish("Publish", started, r).map(Response::new)
@@ -255,6 +264,7 @@ impl Events for EventsService {
         req: Request<Streaming<pb::SubscribeRequest>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let started = Instant::now();
+        let call = Admitted::of(&req).cloned();
         let mut input = req.into_inner();
         let open = match input.message().await? {
             Some(pb::SubscribeRequest { command: Some(pb::subscribe_request::Command::Open(o)) }) => o,
@@ -263,6 +273,7 @@ impl Events for EventsService {
                 return self.finish("Subscribe", started, Err(e));
             }
         };
+        self.authz.topics(call.as_ref(), open.topics.iter().map(String::as_str))?;
         let spec = SubscribeSpec {
             topics: open.topics,
             group: open.group,
@@ -348,6 +359,7 @@ impl Events for EventsService {
     type ReplayStream = BoxStream<pb::ReplayResponse>;
 
     async fn replay(&self, req: Request<pb::ReplayRequest>) -> Result<Response<Self::ReplayStream>, Status> {
+        self.granted(&req, &req.get_ref().topic)?;
         let started = Instant::now();
         let req = req.into_inner();
         let r = async {
@@ -413,6 +425,7 @@ impl Events for EventsService {
         &self,
         req: Request<pb::AppendToAggregateRequest>,
     ) -> Result<Response<pb::AppendToAggregateResponse>, Status> {
+        self.granted(&req, &req.get_ref().topic)?;
         let started = Instant::now();
         let r = self.append_inner(req.into_inner()).await;
         self.finish("AppendToAggregate", started, r).map(Response::new)
@@ -422,6 +435,7 @@ impl Events for EventsService {
         &self,
         req: Request<pb::ReadAggregateRequest>,
     ) -> Result<Response<pb::ReadAggregateResponse>, Status> {
+        self.granted(&req, &req.get_ref().topic)?;
         let started = Instant::now();
         let req = req.into_inner();
         let r = async {
@@ -456,6 +470,7 @@ impl Events for EventsService {
         &self,
         req: Request<pb::DescribeTopicRequest>,
     ) -> Result<Response<pb::TopicDescription>, Status> {
+        self.granted(&req, &req.get_ref().topic)?;
         let started = Instant::now();
         let req = req.into_inner();
         let r = async {
@@ -472,6 +487,7 @@ impl Events for EventsService {
         &self,
         req: Request<pb::ResetGroupRequest>,
     ) -> Result<Response<pb::ResetGroupResponse>, Status> {
+        self.authz.group(Admitted::of(&req), &req.get_ref().topic, &req.get_ref().group)?;
         let started = Instant::now();
         let req = req.into_inner();
         let r = async {
@@ -495,6 +511,7 @@ impl Events for EventsService {
         &self,
         req: Request<pb::DeleteGroupRequest>,
     ) -> Result<Response<pb::DeleteGroupResponse>, Status> {
+        self.authz.group(Admitted::of(&req), &req.get_ref().topic, &req.get_ref().group)?;
         let started = Instant::now();
         let req = req.into_inner();
         let r = async {

@@ -176,11 +176,6 @@ impl Ca {
         &self.root_pem
     }
 
-    /// The root key, PEM (signs bootstrap tokens).
-    pub(crate) fn root_key_pem(&self) -> &str {
-        &self.root_key_pem
-    }
-
     /// The default (and largest) leaf lifetime.
     pub fn leaf_lifetime(&self) -> Duration {
         self.leaf_lifetime
@@ -265,21 +260,26 @@ impl Ca {
         if leaf.public_key().subject_public_key.data.as_ref() != csr.public_key.der_bytes() {
             return Err("csr_pem: its key is not the key of current_certificate_pem".into());
         }
-        let san = leaf
-            .subject_alternative_name()
-            .ok()
-            .flatten()
-            .and_then(|san| {
-                san.value.general_names.iter().find_map(|n| match n {
-                    GeneralName::URI(u) if u.starts_with("spiffe://") => Some(u.to_string()),
-                    _ => None,
-                })
-            })
-            .ok_or("current_certificate_pem: no SPIFFE ID")?;
+        let san = crate::mesh::identity::leaf_spiffe_id(&leaf).ok_or("current_certificate_pem: no SPIFFE ID")?;
         if !san.starts_with(&format!("spiffe://{}/", self.trust_domain)) {
             return Err(format!("current_certificate_pem: {san} is outside trust domain {}", self.trust_domain));
         }
         Ok(san)
+    }
+}
+
+impl crate::control::authz::token::RootKey for Ca {
+    fn token_signing_key(&self) -> Result<jsonwebtoken::EncodingKey, String> {
+        jsonwebtoken::EncodingKey::from_ec_pem(self.root_key_pem.as_bytes()).map_err(|e| format!("root key: {e}"))
+    }
+
+    fn token_verifying_key(&self) -> Result<jsonwebtoken::DecodingKey, String> {
+        let kp = KeyPair::from_pem(&self.root_key_pem).map_err(|e| format!("root key: {e}"))?;
+        jsonwebtoken::DecodingKey::from_ec_pem(kp.public_key_pem().as_bytes()).map_err(|e| format!("root key: {e}"))
+    }
+
+    fn trust_domain(&self) -> &str {
+        &self.trust_domain
     }
 }
 

@@ -3,11 +3,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use rcgen::CertificateSigningRequestParams;
+use rcgen::{CertificateSigningRequestParams, PublicKeyData};
 use tonic::{Request, Response, Status};
 
 use super::ca::Ca;
-use super::token::Verifier;
+use super::redeem::Redemptions;
+use crate::control::authz::token::Verifier;
+use crate::control::authz::{Admitted, Authz};
 use crate::control::metrics::Metrics;
 use crate::proto::identity::v1 as pb;
 use crate::proto::identity::v1::identity_server::Identity;
@@ -20,17 +22,29 @@ const MAX_CSR: usize = 16 * 1024;
 pub struct IdentityService {
     ca: Arc<Ca>,
     tokens: Verifier,
+    redemptions: Redemptions,
+    authz: Arc<Authz>,
     metrics: Arc<Metrics>,
 }
 
 impl IdentityService {
-    /// A service issuing from `ca`.
-    pub fn new(ca: Arc<Ca>, metrics: Arc<Metrics>) -> Result<Self, String> {
-        let tokens = Verifier::new(&ca)?;
-        Ok(IdentityService { ca, tokens, metrics })
+    /// A service issuing from `ca`, recording bootstrap token redemptions in
+    /// `redemptions`.
+    pub fn new(
+        ca: Arc<Ca>,
+        redemptions: Redemptions,
+        authz: Arc<Authz>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, String> {
+        let tokens = Verifier::new(&*ca)?;
+        Ok(IdentityService { ca, tokens, redemptions, authz, metrics })
     }
 
-    fn issue(&self, req: pb::IssueCertificateRequest) -> Result<pb::IssueCertificateResponse, Status> {
+    async fn issue(
+        &self,
+        request: Request<pb::IssueCertificateRequest>,
+    ) -> Result<pb::IssueCertificateResponse, Status> {
+        let req = request.get_ref();
         if req.csr_pem.len() > MAX_CSR {
             return Err(Status::invalid_argument(format!(
                 "csr_pem: {} bytes, over the {MAX_CSR}-byte limit",
@@ -41,10 +55,13 @@ impl IdentityService {
             Status::invalid_argument(format!("csr_pem: not a valid, self-signed PKCS#10 request ({e})"))
         })?;
         use pb::issue_certificate_request::Credential;
-        let spiffe_id = match req.credential {
-            Some(Credential::BootstrapToken(t)) => self.tokens.verify(&t).map_err(Status::unauthenticated)?,
+        let (spiffe_id, grant) = match &req.credential {
+            Some(Credential::BootstrapToken(t)) => {
+                let grant = self.tokens.bootstrap(t).map_err(Status::unauthenticated)?;
+                (grant.spiffe_id.clone(), Some(grant))
+            }
             Some(Credential::CurrentCertificatePem(c)) => {
-                self.ca.verify_current(&c, &csr).map_err(Status::unauthenticated)?
+                (self.ca.verify_current(c, &csr).map_err(Status::unauthenticated)?, None)
             }
             None => {
                 return Err(Status::unauthenticated(
@@ -57,6 +74,28 @@ impl IdentityService {
             s if s < 10 => return Err(Status::invalid_argument(format!("lifetime_s: {s} is under 10"))),
             s => Duration::from_secs(u64::from(s)),
         };
+        // The CSR may name no identity (the credential decides) or exactly
+        // the one the credential grants.
+        for san in &csr.params.subject_alt_names {
+            if !matches!(san, rcgen::SanType::URI(u) if u.as_str() == spiffe_id) {
+                return Err(self.authz.refused(
+                    Admitted::of(&request),
+                    "other_service",
+                    format!(
+                        "IssueCertificate: the CSR asks for {san:?} but the credential grants {spiffe_id}: rule: a workload signs only a CSR for its own identity"
+                    ),
+                ));
+            }
+        }
+        self.authz.identity(Admitted::of(&request), &spiffe_id)?;
+        if let Some(grant) = &grant {
+            let key = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, csr.public_key.der_bytes());
+            let fingerprint: String = key.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+            self.redemptions.redeem(grant, &fingerprint).await.map_err(|e| match e {
+                super::redeem::Refused::Used(_) => Status::unauthenticated(e.to_string()),
+                super::redeem::Refused::Unavailable(_) => Status::unavailable(e.to_string()),
+            })?;
+        }
         let leaf = self.ca.issue(&csr, &spiffe_id, lifetime).map_err(Status::internal)?;
         tracing::info!(%spiffe_id, not_after = ?leaf.not_after, "issued a workload certificate");
         let ms = |t: std::time::SystemTime| t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
@@ -77,7 +116,7 @@ impl Identity for IdentityService {
         req: Request<pb::IssueCertificateRequest>,
     ) -> Result<Response<pb::IssueCertificateResponse>, Status> {
         let started = Instant::now();
-        let r = self.issue(req.into_inner()).map(Response::new);
+        let r = self.issue(req).await.map(Response::new);
         let code = r.as_ref().map(|_| tonic::Code::Ok).unwrap_or_else(|s| s.code());
         self.metrics.rpc("IssueCertificate", code, Some(started.elapsed()));
         r

@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status};
 
 use super::snapshot::Snapshot;
 use super::store::PolicyStore;
+use crate::control::authz::{Admitted, Authz};
 use crate::mesh::policy::parse_toml;
 use crate::mesh::process::shutdown::Drain;
 use crate::proto::policy::v1 as pb;
@@ -20,13 +21,14 @@ const MAX_DOC: usize = 1024 * 1024;
 #[derive(Debug)]
 pub struct PolicyService {
     store: Arc<PolicyStore>,
+    authz: Arc<Authz>,
     draining: tokio::sync::watch::Receiver<bool>,
 }
 
 impl PolicyService {
     /// Serves `store`; Watch streams end when the drain starts.
-    pub fn new(store: Arc<PolicyStore>, drain: &Drain) -> Self {
-        PolicyService { store, draining: drain.subscribe() }
+    pub fn new(store: Arc<PolicyStore>, authz: Arc<Authz>, drain: &Drain) -> Self {
+        PolicyService { store, authz, draining: drain.subscribe() }
     }
 }
 
@@ -58,8 +60,9 @@ impl Policy for PolicyService {
     type WatchStream = WatchStream;
 
     async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<WatchStream>, Status> {
+        crate::mesh::registry::validate_service_name(&req.get_ref().service).map_err(Status::invalid_argument)?;
+        self.authz.service(Admitted::of(&req), &req.get_ref().service)?;
         let service = req.into_inner().service;
-        crate::mesh::registry::validate_service_name(&service).map_err(Status::invalid_argument)?;
         let mut rx = self.store.subscribe();
         let mut draining = self.draining.clone();
         let stream = async_stream(move |tx| async move {
@@ -84,6 +87,7 @@ impl Policy for PolicyService {
     }
 
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::PolicySnapshot>, Status> {
+        self.authz.service(Admitted::of(&req), &req.get_ref().service)?;
         let service = req.into_inner().service;
         Ok(Response::new(to_pb(&service, self.store.get(&service).as_deref())))
     }

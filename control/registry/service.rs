@@ -11,9 +11,11 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::memory::unknown_lease;
 use super::store::{RegistryStore, StoreError};
 use super::view::is_epoch;
 use super::watch::{self, WatchSpec};
+use crate::control::authz::{Admitted, Authz};
 use crate::control::metrics::Metrics;
 use crate::mesh::registry::{Health, Instance, validate_service_name};
 use crate::proto::registry::v1 as pb;
@@ -36,6 +38,7 @@ pub struct RegistryService<S> {
     store: Arc<S>,
     metrics: Arc<Metrics>,
     leases: LeasePolicy,
+    authz: Arc<Authz>,
     shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
@@ -45,9 +48,10 @@ impl<S: RegistryStore> RegistryService<S> {
         store: Arc<S>,
         metrics: Arc<Metrics>,
         leases: LeasePolicy,
+        authz: Arc<Authz>,
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
-        RegistryService { store, metrics, leases, shutdown }
+        RegistryService { store, metrics, leases, authz, shutdown }
     }
 
     fn finish<T>(
@@ -69,6 +73,25 @@ impl<S: RegistryStore> RegistryService<S> {
     }
 }
 
+/// The service the lease `lease` belongs to, from this replica's view (an
+/// unknown lease gets the store's NOT_FOUND).
+fn lease_service<S: RegistryStore>(store: &S, lease: u64) -> Result<String, Status> {
+    store.view().lease_service(lease).ok_or_else(|| unknown_lease(lease).to_status())
+}
+
+/// Who is renewing on a KeepAlive stream.
+struct Owner {
+    authz: Arc<Authz>,
+    call: Option<Admitted>,
+}
+
+impl Owner {
+    fn check<S: RegistryStore>(&self, store: &S, lease: u64) -> Result<(), Status> {
+        let lease = lease_arg(lease)?;
+        self.authz.lease(self.call.as_ref(), lease, || lease_service(store, lease))
+    }
+}
+
 fn store_status(e: StoreError) -> Status {
     e.to_status()
 }
@@ -87,6 +110,8 @@ impl<S: RegistryStore> Registry for RegistryService<S> {
     async fn register(&self, req: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
         let started = Instant::now();
         let r = async {
+            let service = req.get_ref().instance.as_ref().map(|i| i.service.as_str()).unwrap_or_default();
+            self.authz.service(Admitted::of(&req), service)?;
             let req = req.into_inner();
             let instance =
                 Instance::try_from(req.instance.ok_or_else(|| Status::invalid_argument("instance: missing"))?)
@@ -121,6 +146,8 @@ impl<S: RegistryStore> Registry for RegistryService<S> {
         req: Request<Streaming<pb::KeepAliveRequest>>,
     ) -> Result<Response<Self::KeepAliveStream>, Status> {
         self.metrics.rpc("KeepAlive", tonic::Code::Ok, None);
+        // Each renewal is checked against its lease's service.
+        let owner = Owner { authz: self.authz.clone(), call: Admitted::of(&req).cloned() };
         let mut inbound = req.into_inner();
         let store = self.store.clone();
         let metrics = self.metrics.clone();
@@ -138,7 +165,10 @@ impl<S: RegistryStore> Registry for RegistryService<S> {
                 let reply = match msg {
                     None => return,
                     Some(Err(_)) => return,
-                    Some(Ok(m)) => renew(&*store, &metrics, m).await,
+                    Some(Ok(m)) => match owner.check(&*store, m.lease_id) {
+                        Ok(()) => renew(&*store, &metrics, m).await,
+                        Err(s) => Err(s),
+                    },
                 };
                 let failed = reply.is_err();
                 if tx.send(reply).await.is_err() || failed {
@@ -155,7 +185,8 @@ impl<S: RegistryStore> Registry for RegistryService<S> {
     ) -> Result<Response<pb::DeregisterResponse>, Status> {
         let started = Instant::now();
         let r = async {
-            let lease = lease_arg(req.into_inner().lease_id)?;
+            let lease = lease_arg(req.get_ref().lease_id)?;
+            self.authz.lease(Admitted::of(&req), lease, || lease_service(&*self.store, lease))?;
             let revision = self.store.deregister(lease).await.map_err(store_status)?;
             Ok(Response::new(pb::DeregisterResponse { revision }))
         }

@@ -9,7 +9,7 @@
 //!
 //! The lock is a plain `std::sync::RwLock`: it is never held across an await.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use tokio::sync::{broadcast, watch};
@@ -110,6 +110,8 @@ struct State {
     epoch: String,
     revision: u64,
     instances: BTreeMap<String, Instance>,
+    /// Lease → the service of the instance living under it.
+    leases: HashMap<u64, String>,
     history: VecDeque<Arc<Event>>,
     history_cap: usize,
 }
@@ -132,6 +134,7 @@ impl View {
                 epoch,
                 revision: 0,
                 instances: BTreeMap::new(),
+                leases: HashMap::new(),
                 history: VecDeque::new(),
                 history_cap: history_cap.max(1),
             }),
@@ -167,10 +170,15 @@ impl View {
         let key = change.instance().key();
         match &change {
             Change::Put(i) => {
-                s.instances.insert(key, i.clone());
+                if let Some(old) = s.instances.insert(key, i.clone()) {
+                    s.leases.remove(&old.lease_id);
+                }
+                s.leases.insert(i.lease_id, i.service.clone());
             }
             Change::Delete(..) => {
-                s.instances.remove(&key);
+                if let Some(old) = s.instances.remove(&key) {
+                    s.leases.remove(&old.lease_id);
+                }
             }
         }
         s.revision = revision;
@@ -194,6 +202,7 @@ impl View {
         let mut s = self.write();
         s.epoch = epoch.clone();
         s.revision = revision;
+        s.leases = instances.iter().map(|i| (i.lease_id, i.service.clone())).collect();
         s.instances = instances.into_iter().map(|i| (i.key(), i)).collect();
         s.history.clear();
         let _ = self.tx.send(Broadcast::Reset);
@@ -204,6 +213,11 @@ impl View {
     /// One instance by key.
     pub fn get(&self, key: &str) -> Option<Instance> {
         self.read().instances.get(key).cloned()
+    }
+
+    /// The service of the instance living under `lease`.
+    pub fn lease_service(&self, lease: u64) -> Option<String> {
+        self.read().leases.get(&lease).cloned()
     }
 
     /// The instances of one service, ordered by instance id.

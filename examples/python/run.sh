@@ -9,10 +9,13 @@
 # 3. starts redfire-control ($REDFIRE_CONTROL_BIN, default
 #    target/debug/redfire-control) on free loopback ports, with its CA and
 #    trust bundle in a temporary directory, and waits for /ready;
-# 4. checks that a plaintext client is refused (the API is TLS only);
-# 5. runs registry_client.py and events_client.py against it over TLS,
-#    verifying control's certificate with the trust bundle, and checks what
-#    they printed.
+# 4. checks that a plaintext client is refused (the API is TLS only), and
+#    that a TLS client without a token is UNAUTHENTICATED on Register,
+#    SetPolicy, Publish and Subscribe;
+# 5. mints an operator token (`redfire-control token operator`) and runs
+#    registry_client.py and events_client.py with it over TLS, verifying
+#    control's certificate with the trust bundle, and checks what they
+#    printed.
 #
 # Prints "python example: ok" on success; otherwise fails showing the output.
 set -euo pipefail
@@ -44,7 +47,8 @@ PY="$VENV/bin/python"
 rm -rf "$GEN"
 mkdir -p "$GEN"
 "$PY" -m grpc_tools.protoc -I proto --python_out="$GEN" --grpc_python_out="$GEN" \
-  proto/redfire/registry/v1/registry.proto proto/redfire/events/v1/events.proto
+  proto/redfire/registry/v1/registry.proto proto/redfire/events/v1/events.proto \
+  proto/redfire/policy/v1/policy.proto
 
 # --- Control service ---------------------------------------------------------
 WORK="$(mktemp -d)"
@@ -138,17 +142,58 @@ EOF
 set -e
 echo "$PLAIN_OUTPUT"
 
+# --- TLS without a token: UNAUTHENTICATED ----------------------------------------
+set +e
+NOTOKEN_OUTPUT="$("$PY" - "127.0.0.1:$GRPC_PORT" "$BUNDLE" <<'EOF' 2>&1
+import sys
+import grpc
+sys.path.insert(0, "examples/python/gen")
+from redfire.registry.v1 import registry_pb2 as rpb, registry_pb2_grpc as rgrpc
+from redfire.policy.v1 import policy_pb2 as ppb, policy_pb2_grpc as pgrpc
+from redfire.events.v1 import events_pb2 as epb, events_pb2_grpc as egrpc
+roots = open(sys.argv[2], "rb").read()
+creds = grpc.ssl_channel_credentials(root_certificates=roots)
+with grpc.secure_channel(sys.argv[1], creds, options=[("grpc.ssl_target_name_override", "localhost")]) as ch:
+    instance = rpb.Instance(service="orders", instance_id="x", address="127.0.0.1")
+    opening = epb.SubscribeRequest(open=epb.Open(topics=["orders"], group="g", consumer="c"))
+    calls = {
+        "Register": lambda: rgrpc.RegistryStub(ch).Register(rpb.RegisterRequest(instance=instance), timeout=3),
+        "SetPolicy": lambda: pgrpc.PolicyStub(ch).Set(ppb.SetRequest(service="orders", toml=""), timeout=3),
+        "Publish": lambda: egrpc.EventsStub(ch).Publish(epb.PublishRequest(topic="orders"), timeout=3),
+        "Subscribe": lambda: next(egrpc.EventsStub(ch).Subscribe(iter([opening]), timeout=3)),
+    }
+    for name, call in calls.items():
+        try:
+            call()
+            print(f"no token: {name} ANSWERED")
+        except grpc.RpcError as e:
+            print(f"no token: {name} refused {e.code().name}")
+EOF
+)"
+set -e
+echo "$NOTOKEN_OUTPUT"
+
+# --- An operator token ------------------------------------------------------------
+TOKEN="$WORK/operator.token"
+"$CONTROL_BIN" --ca-dir "$WORK/ca" token operator --subject python-example \
+  --role registry-admin --role events-admin --ttl 10m >"$TOKEN" || fail "token operator failed"
+
 # --- Client ------------------------------------------------------------------
 # The client bounds all its own waits; `timeout` is only a backstop.
 set +e
 OUTPUT="$(timeout 60 "$PY" "$HERE/registry_client.py" \
-  --target "127.0.0.1:$GRPC_PORT" --ca-file "$BUNDLE" --service "$SERVICE" --seconds "$SECONDS_ALIVE" 2>&1)"
+  --target "127.0.0.1:$GRPC_PORT" --ca-file "$BUNDLE" --token-file "$TOKEN" --service "$SERVICE" \
+  --seconds "$SECONDS_ALIVE" 2>&1)"
 STATUS=$?
 set -e
 echo "$OUTPUT"
 
 problems=()
 grep -qE '^plaintext: refused UNAVAILABLE$' <<<"$PLAIN_OUTPUT" || problems+=("a plaintext client was not refused")
+for call in Register SetPolicy Publish Subscribe; do
+  grep -qE "^no token: $call refused UNAUTHENTICATED$" <<<"$NOTOKEN_OUTPUT" \
+    || problems+=("$call without a token was not UNAUTHENTICATED")
+done
 [ "$STATUS" -eq 0 ] || problems+=("client exited with status $STATUS")
 grep -qE '^registered lease=[0-9]+ ' <<<"$OUTPUT" || problems+=("no 'registered lease=' line")
 grep -qE "^watch PUT $SERVICE/py-[0-9]+ health=NOT_SERVING " <<<"$OUTPUT" \
@@ -161,7 +206,7 @@ grep -qE '^summary: puts=[0-9]+ deletes=[0-9]+ snapshot_instances=[0-9]+$' <<<"$
 # --- Event bus client ---------------------------------------------------------
 set +e
 EVENTS_OUTPUT="$(timeout 60 "$PY" "$HERE/events_client.py" --target "127.0.0.1:$GRPC_PORT" --ca-file "$BUNDLE" \
-  --topic orders 2>&1)"
+  --token-file "$TOKEN" --topic orders 2>&1)"
 EVENTS_STATUS=$?
 set -e
 echo "$EVENTS_OUTPUT"

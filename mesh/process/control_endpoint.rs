@@ -22,3 +22,33 @@ pub fn endpoint(url: &str, trust_bundle: Option<&str>) -> Result<Endpoint, Strin
     let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)).domain_name(host);
     ep.tls_config(tls).map_err(|e| format!("control_addr: {e}"))
 }
+
+/// Adds `authorization: Bearer <token>` to every call: how an operator's
+/// client (an operator token from `redfire-control token operator`)
+/// authenticates to control. Without a token it adds nothing (a workload's
+/// client authenticates with its certificate).
+#[derive(Debug, Clone)]
+pub struct BearerToken(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl BearerToken {
+    /// The interceptor for `token` (`None`: none).
+    pub fn new<'a>(token: impl Into<Option<&'a str>>) -> Result<BearerToken, String> {
+        let Some(token) = token.into() else { return Ok(BearerToken(None)) };
+        format!("Bearer {}", token.trim())
+            .parse()
+            .map(|v| BearerToken(Some(v)))
+            .map_err(|_| "operator token: not a printable ASCII string".to_string())
+    }
+}
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A channel whose calls carry an operator token.
+pub type OperatorChannel = tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerToken>;

@@ -10,6 +10,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tonic::transport::Channel;
+
 use crate::mesh::registry::Instance;
 use crate::proto::registry::v1 as pb;
 use crate::proto::registry::v1::registry_client::RegistryClient;
@@ -18,10 +20,9 @@ use crate::sidecar::outbound::balance::Balancing;
 use crate::sidecar::outbound::breaker::OutlierConfig;
 use crate::sidecar::outbound::upstreams::Upstreams;
 
-/// Starts watching control at `config.control_addr`, balancing each
-/// service as `config` says.
-pub fn spawn(config: &Config) -> Result<(Arc<Upstreams>, tokio::task::JoinHandle<()>), String> {
-    let channel = crate::sidecar::transport::control::channel(&config.control)?;
+/// Starts watching control on `channel`, balancing each service as
+/// `config` says.
+pub fn spawn(config: &Config, channel: Channel) -> (Arc<Upstreams>, tokio::task::JoinHandle<()>) {
     let upstreams = Upstreams::new(
         Balancing { policy: config.balancer, hash_header: config.hash_header.clone() },
         config.service_balancers.clone(),
@@ -35,7 +36,7 @@ pub fn spawn(config: &Config) -> Result<(Arc<Upstreams>, tokio::task::JoinHandle
         },
     );
     let task = tokio::spawn(run(upstreams.clone(), RegistryClient::new(channel)));
-    Ok((upstreams, task))
+    (upstreams, task)
 }
 
 type Instances = HashMap<String, BTreeMap<String, Instance>>;

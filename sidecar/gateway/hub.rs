@@ -46,9 +46,9 @@ use crate::sidecar::config::HubConfig;
 use crate::sidecar::gateway::respond::json_error;
 use crate::sidecar::policy::Policy;
 use crate::sidecar::shared::upgrade::has_token;
-use crate::sidecar::transport::control::ControlTarget;
 use bus::Bus;
 use metrics::HubMetrics;
+use tonic::transport::Channel;
 
 /// Most bytes tungstenite may hold for one connection's writes (one large
 /// event; it only fills while the socket is blocked).
@@ -120,7 +120,7 @@ impl Hub {
     /// source of events published through it.
     pub fn new(
         config: HubConfig,
-        control: &ControlTarget,
+        control: Channel,
         replica: &str,
         source: &str,
         policy: Arc<Policy>,
@@ -134,7 +134,7 @@ impl Hub {
             .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '-' })
             .collect();
         Ok(Hub {
-            bus: Bus::new(control, &replica, source, metrics.clone())?,
+            bus: Bus::new(control, &replica, source, metrics.clone()),
             config,
             policy,
             metrics,

@@ -89,16 +89,7 @@ pub fn peer_server_name() -> ServerName<'static> {
     ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into())
 }
 
-/// The SPIFFE ID (URI SAN) in a peer's leaf certificate.
-pub fn peer_spiffe_id(chain: &[CertificateDer<'_>]) -> Option<String> {
-    use x509_parser::prelude::*;
-    let (_, leaf) = X509Certificate::from_der(chain.first()?).ok()?;
-    let san = leaf.subject_alternative_name().ok()??;
-    san.value.general_names.iter().find_map(|n| match n {
-        GeneralName::URI(u) if u.starts_with("spiffe://") => Some(u.to_string()),
-        _ => None,
-    })
-}
+pub use crate::mesh::identity::peer_spiffe_id;
 
 /// Verifies a peer sidecar: chain to the bundle, then the expected SPIFFE ID.
 #[derive(Debug)]

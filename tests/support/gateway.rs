@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use redfire::control::authz::token;
 use redfire::control::config::Config;
 use redfire::control::identity::ca::Ca;
-use redfire::control::identity::token;
 use redfire::control::server::Control;
 use redfire::sidecar::config::{Config as SidecarConfig, Settings as SidecarSettings};
 use redfire::sidecar::server::Sidecar;

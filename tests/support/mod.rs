@@ -15,6 +15,8 @@ use std::time::Duration;
 
 use redfire::control::config::{Config, Settings};
 use redfire::control::server::Control;
+use redfire::mesh::process::control_endpoint::BearerToken;
+pub use redfire::mesh::process::control_endpoint::OperatorChannel;
 use redfire::proto::registry::v1 as pb;
 use redfire::proto::registry::v1::registry_client::RegistryClient;
 use tonic::transport::Channel;
@@ -180,25 +182,49 @@ pub async fn control(settings: Settings) -> Control {
     Control::start(Config::from_settings(settings).expect("valid settings")).await.expect("control starts")
 }
 
-/// A channel to `control`, TLS verified against its trust bundle.
-pub async fn channel(control: &Control) -> Channel {
+/// Every operator role: what the tests' clients of control carry unless a
+/// test is about authorization.
+pub const ALL_ROLES: [&str; 3] = ["policy-admin", "events-admin", "registry-admin"];
+
+/// A channel to `control`, TLS verified against its trust bundle, without
+/// any credential (anonymous: only public methods answer).
+pub async fn anonymous_channel(control: &Control) -> Channel {
     control.endpoint().connect_timeout(Duration::from_secs(2)).connect().await.expect("connect to control")
 }
 
-/// A channel to a control process on 127.0.0.1:`port` whose trust bundle
-/// is in `bundle_file` (TLS, as an operator's client would connect).
-pub async fn process_channel(port: u16, bundle_file: &std::path::Path) -> Channel {
+/// A channel to `control` as an operator holding every role.
+pub async fn channel(control: &Control) -> OperatorChannel {
+    as_operator(anonymous_channel(control).await, &control.operator_token("tests", &ALL_ROLES).unwrap())
+}
+
+/// `channel` carrying operator `token`.
+pub fn as_operator(channel: Channel, token: &str) -> OperatorChannel {
+    tonic::service::interceptor::InterceptedService::new(channel, BearerToken::new(token).unwrap())
+}
+
+/// A channel to a control process on 127.0.0.1:`port` whose trust bundle is
+/// in `bundle_file` and whose CA is in `ca_dir` (TLS, as an operator with
+/// every role, with a token minted from that CA).
+pub async fn process_channel(port: u16, bundle_file: &std::path::Path, ca_dir: &str) -> OperatorChannel {
     let pem = std::fs::read_to_string(bundle_file).expect("control wrote its trust bundle");
-    redfire::mesh::process::control_endpoint::endpoint(&format!("https://127.0.0.1:{port}"), Some(&pem))
+    let ch = redfire::mesh::process::control_endpoint::endpoint(&format!("https://127.0.0.1:{port}"), Some(&pem))
         .unwrap()
         .connect_timeout(Duration::from_secs(2))
         .connect()
         .await
-        .expect("connect to control")
+        .expect("connect to control");
+    let ca = redfire::control::identity::ca::Ca::load(
+        Config::from_settings(Settings { ca_dir: Some(ca_dir.into()), ..Default::default() }).unwrap().ca,
+    )
+    .await
+    .unwrap();
+    let token =
+        redfire::control::authz::token::create_operator(&ca, "tests", &ALL_ROLES, Duration::from_secs(3600)).unwrap();
+    as_operator(ch, &token)
 }
 
-/// A registry client of `control`.
-pub async fn client(control: &Control) -> RegistryClient<Channel> {
+/// A registry client of `control` (an operator with every role).
+pub async fn client(control: &Control) -> RegistryClient<OperatorChannel> {
     let ch = control
         .endpoint()
         .connect_timeout(Duration::from_secs(2))
@@ -206,7 +232,7 @@ pub async fn client(control: &Control) -> RegistryClient<Channel> {
         .connect()
         .await
         .expect("connect to control");
-    RegistryClient::new(ch)
+    RegistryClient::new(as_operator(ch, &control.operator_token("tests", &ALL_ROLES).unwrap()))
 }
 
 /// A valid instance.
@@ -221,7 +247,11 @@ pub fn instance(service: &str, id: &str) -> pb::Instance {
 }
 
 /// Registers `instance` with `ttl_ms` (0 = default); returns the lease.
-pub async fn register(c: &mut RegistryClient<Channel>, instance: pb::Instance, ttl_ms: u32) -> pb::RegisterResponse {
+pub async fn register(
+    c: &mut RegistryClient<OperatorChannel>,
+    instance: pb::Instance,
+    ttl_ms: u32,
+) -> pb::RegisterResponse {
     c.register(pb::RegisterRequest { instance: Some(instance), ttl_ms }).await.expect("register").into_inner()
 }
 
@@ -233,7 +263,7 @@ pub struct Watcher {
 }
 
 impl Watcher {
-    pub async fn open(c: &mut RegistryClient<Channel>, req: pb::WatchRequest) -> Watcher {
+    pub async fn open(c: &mut RegistryClient<OperatorChannel>, req: pb::WatchRequest) -> Watcher {
         let stream = c.watch(req).await.expect("watch").into_inner();
         Watcher { stream, epoch: String::new(), revision: 0 }
     }
@@ -326,4 +356,47 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (status, body)
+}
+
+/// A workload's credentials: obtained from `control`'s CA with a bootstrap
+/// token for `service` in namespace `default`, as a sidecar does.
+pub struct WorkloadCert {
+    pub chain_pem: String,
+    pub key_pem: String,
+    pub spiffe_id: String,
+}
+
+/// Obtains a certificate for `service` through the identity API.
+pub async fn workload_cert(control: &Control, service: &str) -> WorkloadCert {
+    use redfire::proto::identity::v1 as ipb;
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap().serialize_request(&key).unwrap();
+    let token = control.bootstrap_token("default", service).unwrap();
+    let r = ipb::identity_client::IdentityClient::new(anonymous_channel(control).await)
+        .issue_certificate(ipb::IssueCertificateRequest {
+            csr_pem: csr.pem().unwrap(),
+            credential: Some(ipb::issue_certificate_request::Credential::BootstrapToken(token)),
+            lifetime_s: 0,
+        })
+        .await
+        .expect("certificate issued")
+        .into_inner();
+    WorkloadCert { chain_pem: r.certificate_chain_pem, key_pem: key.serialize_pem(), spiffe_id: r.spiffe_id }
+}
+
+/// A channel to `control` presenting `cert` (mTLS, as a sidecar's).
+pub async fn workload_channel(control: &Control, cert: &WorkloadCert) -> Channel {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&control.trust_bundle_pem))
+        .domain_name("127.0.0.1")
+        .identity(Identity::from_pem(&cert.chain_pem, &cert.key_pem));
+    Endpoint::from_shared(control.grpc_url())
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect_timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .expect("connect to control with a workload certificate")
 }

@@ -29,7 +29,7 @@ pub const SECRET: &str = "a-test-secret-of-at-least-32-bytes!!";
 pub const ISSUER: &str = "https://auth.test";
 pub const AUDIENCE: &str = "echo";
 
-pub async fn policy_client(control: &Control) -> PolicyClient<tonic::transport::Channel> {
+pub async fn policy_client(control: &Control) -> PolicyClient<super::OperatorChannel> {
     PolicyClient::new(super::channel(control).await)
 }
 

@@ -2,8 +2,9 @@
 //! local fan-out.
 //!
 //! Upstream: one `Subscribe` stream per topic that some local client has
-//! subscribed to, in consumer group `gateway-hub.<replica>` (consumer
-//! `<replica>`). A group delivers each event to one consumer, so every
+//! subscribed to, in consumer group `<service>.hub.<replica>` (consumer
+//! `<replica>`; a group named after the gateway's service, which control
+//! lets the gateway reset and delete). A group delivers each event to one consumer, so every
 //! gateway replica has its own group and sees every event. When a topic is
 //! first opened in this process the group is moved to the end of the topic
 //! and the topic's last position is remembered: whatever an earlier process
@@ -38,7 +39,6 @@ use super::protocol;
 use crate::mesh::events::{Envelope, Position};
 use crate::proto::events::v1 as pb;
 use crate::proto::events::v1::events_client::EventsClient;
-use crate::sidecar::transport::control::ControlTarget;
 
 /// How long a subscribe waits for the topic's upstream stream to open.
 pub const OPEN_WAIT: Duration = Duration::from_secs(5);
@@ -120,18 +120,17 @@ impl Drop for Bus {
 }
 
 impl Bus {
-    /// A bus client of control at `control` (connected lazily); events
-    /// published through it carry `source`.
-    pub fn new(control: &ControlTarget, replica: &str, source: &str, metrics: HubMetrics) -> Result<Bus, String> {
-        let channel = crate::sidecar::transport::control::channel(control)?;
-        Ok(Bus {
+    /// A bus client of control on `channel`; events published through it
+    /// carry `source`.
+    pub fn new(channel: Channel, replica: &str, source: &str, metrics: HubMetrics) -> Bus {
+        Bus {
             client: EventsClient::new(channel),
-            group: format!("gateway-hub.{replica}"),
+            group: format!("{source}.hub.{replica}"),
             consumer: replica.to_string(),
             source: source.to_string(),
             topics: Mutex::new(HashMap::new()),
             metrics,
-        })
+        }
     }
 
     /// Stops every upstream stream and deletes this replica's group on each

@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::mesh::events::validate_name;
+pub use crate::mesh::policy::topics::Action;
 use crate::mesh::policy::topics::TopicRule;
 
 /// Longest `id` echoed back.
@@ -133,25 +134,11 @@ pub fn event(topic: &str, position: &str, cloud_event: Value) -> Message {
     )
 }
 
-/// What a user wants to do with a topic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    /// Receive its events.
-    Subscribe,
-    /// Publish to it.
-    Publish,
-}
-
 /// True when a user with `roles` may do `action` on `topic`: the first
 /// rule whose name matches decides; its list must hold one of the roles
 /// or `*`. No matching rule: no.
 pub fn allowed(rules: &[TopicRule], topic: &str, action: Action, roles: &[String]) -> bool {
-    let Some(rule) = rules.iter().find(|r| r.name.matches(topic)) else { return false };
-    let granted = match action {
-        Action::Subscribe => &rule.subscribe,
-        Action::Publish => &rule.publish,
-    };
-    granted.iter().any(|g| g == "*" || roles.iter().any(|r| r == g))
+    crate::mesh::policy::topics::allowed(rules, topic, action, |g| roles.iter().any(|r| r == g))
 }
 
 #[cfg(test)]
