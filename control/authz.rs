@@ -117,7 +117,7 @@ impl Authz {
 
     /// For [`Rule::OwnService`]: the call acts for `service`.
     pub fn service(&self, call: Option<&Admitted>, service: &str) -> Result<(), Status> {
-        self.acts_for(call, Some(service), &format!("service {service:?}"))
+        self.acts_for(call, Some(service), || format!("service {service:?}"))
     }
 
     /// For [`Rule::OwnService`] when the request names a lease: `owner`
@@ -131,12 +131,17 @@ impl Authz {
     ) -> Result<(), Status> {
         if let Some(Caller::Workload(_)) = call.map(|a| &a.caller) {
             let service = owner()?;
-            return self.acts_for(call, Some(&service), &format!("lease {lease} (service {service:?})"));
+            return self.acts_for(call, Some(&service), || format!("lease {lease} (service {service:?})"));
         }
-        self.acts_for(call, None, &format!("lease {lease}"))
+        self.acts_for(call, None, || format!("lease {lease}"))
     }
 
-    fn acts_for(&self, call: Option<&Admitted>, service: Option<&str>, what: &str) -> Result<(), Status> {
+    fn acts_for(
+        &self,
+        call: Option<&Admitted>,
+        service: Option<&str>,
+        what: impl FnOnce() -> String,
+    ) -> Result<(), Status> {
         self.decide(call, |a| match (&a.caller, a.rule.rule) {
             (Caller::Unchecked, _) => Ok(()),
             (Caller::Workload(w), _) if Some(w.service.as_str()) == service => Ok(()),
@@ -146,9 +151,10 @@ impl Authz {
                 code: Code::PermissionDenied,
                 reason: "other_service",
                 message: format!(
-                    "{}: {} may not act for {what}: rule: {}",
+                    "{}: {} may not act for {}: rule: {}",
                     a.rule.method,
                     c.describe(),
+                    what(),
                     own_service_rule(operator)
                 ),
             }),
