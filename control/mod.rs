@@ -18,6 +18,7 @@ pub mod events;
 pub mod identity;
 pub mod metrics;
 pub mod policy;
+pub mod redis;
 pub mod registry;
 pub mod server;
 pub mod tls;

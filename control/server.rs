@@ -154,13 +154,12 @@ impl Control {
         // Authorization: callers named by certificate or token, the event
         // bus ACL following the policy store (so every replica on one Redis
         // enforces the same rules).
-        let acl = Arc::new(EventAcl::default());
-        let acl_task = crate::control::policy::event_acl::follow(&policies, acl.clone());
         let authenticator = match config.dev_insecure_control {
             true => None,
             false => Some(Authenticator::new(token::Verifier::new(&*ca).map_err(ServerError::Tls)?)),
         };
-        let authz = Arc::new(Authz::new(authenticator, acl, metrics.authz_denied.clone()));
+        let acl = Arc::new(EventAcl::default());
+        let authz = Arc::new(Authz::new(authenticator, acl.clone(), metrics.authz_denied.clone()));
         let redemptions = match config.store {
             StoreKind::Memory => Redemptions::memory(),
             StoreKind::Redis => Redemptions::redis(&config.redis_url, &config.redis_prefix, config.redis_timeout)
@@ -170,29 +169,12 @@ impl Control {
             .map_err(|e| ServerError::Grpc(e.to_string()))?;
         let policy_dir = match &config.policy_dir {
             Some(dir) => {
-                let d = PolicyDir::load(dir.clone(), policies.clone(), metrics.policy_load_errors.clone()).await?;
-                Some(tokio::spawn(d.watch(config.policy_poll_interval)))
+                Some(PolicyDir::load(dir.clone(), policies.clone(), metrics.policy_load_errors.clone()).await?)
             }
             None => None,
         };
-        let background = [policy_dir, Some(acl_task)].into_iter().flatten().collect::<Vec<_>>();
-        let task = match config.store {
-            StoreKind::Memory => {
-                let store = MemoryStore::new(config.watch_history, config.sweep_interval);
-                let parts = Parts {
-                    grpc,
-                    admin,
-                    metrics,
-                    identity,
-                    events,
-                    policies,
-                    background,
-                    tls,
-                    authz: authz.clone(),
-                    drain: drain.clone(),
-                };
-                tokio::spawn(serve(Arc::new(store), parts, config))
-            }
+        let registry = match config.store {
+            StoreKind::Memory => RegistryBackend::Memory(MemoryStore::new(config.watch_history, config.sweep_interval)),
             StoreKind::Redis => {
                 let store = RedisStore::new(RedisConfig {
                     url: config.redis_url.clone(),
@@ -207,20 +189,20 @@ impl Control {
                 // reachable); give a reachable Redis a moment so a fresh
                 // replica starts with the registry already loaded.
                 store.wait_synced(config.redis_timeout).await;
-                let parts = Parts {
-                    grpc,
-                    admin,
-                    metrics,
-                    identity,
-                    events,
-                    policies,
-                    background,
-                    tls,
-                    authz: authz.clone(),
-                    drain: drain.clone(),
-                };
-                tokio::spawn(serve(Arc::new(store), parts, config))
+                RegistryBackend::Redis(store)
             }
+        };
+        // Nothing fails from here on: start the background tasks.
+        let background = policy_dir
+            .map(|d| tokio::spawn(d.watch(config.policy_poll_interval)))
+            .into_iter()
+            .chain([crate::control::policy::event_acl::follow(&policies, acl)])
+            .collect();
+        let parts =
+            Parts { grpc, admin, metrics, identity, events, policies, background, tls, authz, drain: drain.clone() };
+        let task = match registry {
+            RegistryBackend::Memory(store) => tokio::spawn(serve(Arc::new(store), parts, config)),
+            RegistryBackend::Redis(store) => tokio::spawn(serve(Arc::new(store), parts, config)),
         };
         tracing::info!(%grpc_addr, %admin_addr, tls = tls_on, "redfire-control serving");
         Ok(Control { grpc_addr, admin_addr, trust_bundle_pem, trust_bundle_file, tls: tls_on, ca, drain, task })
@@ -285,6 +267,12 @@ type ServeFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(),
 
 /// Topics whose lag gauges are refreshed each `events_trim_interval`.
 const MAX_LAG_TOPICS: usize = 1000;
+
+/// The registry store the configuration chose.
+enum RegistryBackend {
+    Memory(MemoryStore),
+    Redis(RedisStore),
+}
 
 /// What `serve` needs besides the store.
 struct Parts {

@@ -23,8 +23,8 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, Script, Value};
+use redis::aio::ConnectionManager;
+use redis::{Script, Value};
 use tokio::sync::watch;
 
 use super::store::{Changes, EventSettings, EventStore};
@@ -82,13 +82,7 @@ struct Keys {
 impl RedisEventStore {
     /// Connects lazily: commands fail with UNAVAILABLE while Redis is down.
     pub fn new(settings: EventSettings, config: RedisEventConfig) -> Result<Self, String> {
-        let client = Client::open(config.url.as_str()).map_err(|e| format!("redis_url: {e}"))?;
-        let mgr = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(config.timeout))
-            .set_connection_timeout(Some(config.timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(config.timeout);
-        let conn = ConnectionManager::new_lazy_with_config(client, mgr).map_err(|e| format!("redis_url: {e}"))?;
+        let (_, conn) = crate::control::redis::connect_lazy(&config.url, config.timeout)?;
         Ok(RedisEventStore {
             settings,
             config,

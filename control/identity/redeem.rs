@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::Script;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 
 use crate::control::authz::token::BootstrapGrant;
 
@@ -64,13 +64,7 @@ impl Redemptions {
 
     /// Records in Redis under `prefix`.
     pub fn redis(url: &str, prefix: &str, timeout: Duration) -> Result<Redemptions, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("redis_url: {e}"))?;
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(timeout))
-            .set_connection_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(timeout);
-        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| format!("redis_url: {e}"))?;
+        let (_, conn) = crate::control::redis::connect_lazy(url, timeout)?;
         Ok(Redemptions::Redis { conn, tag: format!("{{{prefix}:bootstrap}}"), timeout, script: Script::new(REDEEM) })
     }
 

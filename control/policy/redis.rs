@@ -15,8 +15,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, Script};
+use redis::Script;
+use redis::aio::ConnectionManager;
 
 use super::snapshot::{Snapshot, StoreUnavailable};
 
@@ -52,13 +52,7 @@ pub struct RedisPolicies {
 impl RedisPolicies {
     /// Connects lazily.
     pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<Self, String> {
-        let client = Client::open(url).map_err(|e| format!("redis_url: {e}"))?;
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(timeout))
-            .set_connection_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(timeout);
-        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| format!("redis_url: {e}"))?;
+        let (_, conn) = crate::control::redis::connect_lazy(url, timeout)?;
         let tag = format!("{{{prefix}:policy}}");
         Ok(RedisPolicies {
             conn,

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::streams::{StreamId, StreamReadOptions, StreamReadReply};
 use redis::{AsyncCommands, AsyncConnectionConfig, Client, Script, ScriptInvocation};
 use tokio::sync::watch;
@@ -98,14 +98,7 @@ impl RedisStore {
     /// Connects lazily: the store starts even when Redis is down, reports
     /// not-ready and rejects writes until the first sync succeeds.
     pub fn new(config: RedisConfig) -> Result<Self, String> {
-        let client = Client::open(config.url.as_str()).map_err(|e| format!("redis_url: {e}"))?;
-        let mgr_config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(config.timeout))
-            .set_connection_timeout(Some(config.timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(config.timeout);
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), mgr_config)
-            .map_err(|e| format!("redis_url: {e}"))?;
+        let (client, conn) = crate::control::redis::connect_lazy(&config.url, config.timeout)?;
         let tag = format!("{{{}:reg}}", config.prefix);
         let keys =
             ["rev", "epoch", "inst", "health", "lease", "lease_exp", "changes", "swept"].map(|k| format!("{tag}:{k}"));
