@@ -20,6 +20,7 @@
 pub mod caller;
 pub mod event_acl;
 pub mod layer;
+pub mod oidc;
 pub mod rules;
 pub mod token;
 

@@ -193,6 +193,15 @@ pub struct Settings {
     /// Serve the gRPC API in plaintext: for local experiments only, warned at start and on /health [default: false]
     #[arg(long, env = "REDFIRE_DEV_INSECURE_CONTROL", num_args = 0..=1, default_missing_value = "true")]
     pub dev_insecure_control: Option<String>,
+    /// An OIDC issuer (https URL) whose tokens are accepted as operator tokens besides control's own [default: none]
+    #[arg(long, env = "REDFIRE_OPERATOR_OIDC_ISSUER")]
+    pub operator_oidc_issuer: Option<String>,
+    /// The audience operator tokens of that issuer must carry [default: redfire-control]
+    #[arg(long, env = "REDFIRE_OPERATOR_OIDC_AUDIENCE")]
+    pub operator_oidc_audience: Option<String>,
+    /// The claim of those tokens that lists their operator roles [default: roles]
+    #[arg(long, env = "REDFIRE_OPERATOR_OIDC_ROLES_CLAIM")]
+    pub operator_oidc_roles_claim: Option<String>,
 }
 
 /// Validated event bus settings.
@@ -264,6 +273,19 @@ pub struct Config {
     pub trust_bundle_file: Option<PathBuf>,
     /// Plaintext gRPC (development only).
     pub dev_insecure_control: bool,
+    /// Operators from an OIDC issuer, if configured.
+    pub operator_oidc: Option<OperatorOidc>,
+}
+
+/// An OIDC issuer whose tokens are operator tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorOidc {
+    /// Its URL (`iss`; discovery at `<issuer>/.well-known/openid-configuration`).
+    pub issuer: String,
+    /// The `aud` its tokens must carry for control.
+    pub audience: String,
+    /// The claim listing operator roles (a string or an array of strings).
+    pub roles_claim: String,
 }
 
 impl Default for Config {
@@ -315,7 +337,10 @@ impl Settings {
             policy_poll_interval,
             tls_names,
             trust_bundle_file,
-            dev_insecure_control
+            dev_insecure_control,
+            operator_oidc_issuer,
+            operator_oidc_audience,
+            operator_oidc_roles_claim
         )
     }
 
@@ -382,6 +407,17 @@ impl Config {
             (None, _) => None,
         };
         let dev_insecure_control = boolean("dev_insecure_control", s.dev_insecure_control.as_deref())?;
+        let operator_oidc = match s.operator_oidc_issuer {
+            None => None,
+            Some(issuer) if issuer.starts_with("https://") || issuer.starts_with("http://") => Some(OperatorOidc {
+                issuer,
+                audience: s.operator_oidc_audience.unwrap_or_else(|| "redfire-control".into()),
+                roles_claim: s.operator_oidc_roles_claim.unwrap_or_else(|| "roles".into()),
+            }),
+            Some(issuer) => {
+                return Err(err("operator_oidc_issuer", format!("{issuer:?} is not an http(s) URL")));
+            }
+        };
         let c = Config {
             grpc_addr: addr("grpc_addr", s.grpc_addr, "127.0.0.1:15010")?,
             admin_addr: addr("admin_addr", s.admin_addr, "127.0.0.1:15014")?,
@@ -405,6 +441,7 @@ impl Config {
             tls_names,
             trust_bundle_file,
             dev_insecure_control,
+            operator_oidc,
         };
         if let Some(d) = &c.policy_dir
             && !d.is_dir()
@@ -549,6 +586,7 @@ mod tests {
     fn each_bad_value_names_its_key() {
         let cases: Vec<(Settings, &str)> = vec![
             (Settings { grpc_addr: Some("nope".into()), ..Default::default() }, "grpc_addr"),
+            (Settings { operator_oidc_issuer: Some("ftp://idp".into()), ..Default::default() }, "operator_oidc_issuer"),
             (Settings { store: Some("etcd".into()), ..Default::default() }, "store"),
             (Settings { lease_ttl: Some("ten".into()), ..Default::default() }, "lease_ttl"),
             (Settings { lease_ttl: Some("2h".into()), ..Default::default() }, "lease_ttl"),

@@ -15,6 +15,7 @@ use crate::control::authz::Authz;
 use crate::control::authz::caller::Authenticator;
 use crate::control::authz::event_acl::EventAcl;
 use crate::control::authz::layer::AuthzLayer;
+use crate::control::authz::oidc::OidcOperators;
 use crate::control::authz::token;
 use crate::control::config::{Config, StoreKind};
 use crate::control::events::memory::MemoryEventStore;
@@ -156,7 +157,10 @@ impl Control {
         // enforces the same rules).
         let authenticator = match config.dev_insecure_control {
             true => None,
-            false => Some(Authenticator::new(token::Verifier::new(&*ca).map_err(ServerError::Tls)?)),
+            false => Some(Authenticator::new(
+                token::Verifier::new(&*ca).map_err(ServerError::Tls)?,
+                config.operator_oidc.clone().map(OidcOperators::new),
+            )),
         };
         let acl = Arc::new(EventAcl::default());
         let authz = Arc::new(Authz::new(authenticator, acl.clone(), metrics.authz_denied.clone()));

@@ -88,7 +88,7 @@ async fn main() -> anyhow::Result<()> {
     let acl = Arc::new(EventAcl::default());
     let follower = redfire::control::policy::event_acl::follow(&policies, acl.clone());
     let authz = Arc::new(Authz::new(
-        Some(Authenticator::new(token::Verifier::new(&ca).map_err(anyhow::Error::msg)?)),
+        Some(Authenticator::new(token::Verifier::new(&ca).map_err(anyhow::Error::msg)?, None)),
         acl,
         Default::default(),
     ));

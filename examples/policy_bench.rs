@@ -49,12 +49,12 @@ use redfire::control::authz::token;
 use redfire::control::config::{Config, Settings};
 use redfire::control::identity::ca::Ca;
 use redfire::control::server::Control;
+use redfire::mesh::jwks::JwksRegistry;
 use redfire::mesh::policy::parse_toml;
 use redfire::proto::policy::v1 as pb;
 use redfire::proto::policy::v1::policy_client::PolicyClient;
 use redfire::sidecar::config::{Config as SidecarConfig, Settings as SidecarSettings};
 use redfire::sidecar::policy::Compiled;
-use redfire::sidecar::policy::jwks::JwksRegistry;
 use redfire::sidecar::server::Sidecar;
 use serde_json::json;
 

@@ -11,11 +11,14 @@
 //! - [`events`] — the event bus's wire model: positions, the envelope,
 //!   topic and group names, errors and their gRPC codes.
 //! - [`identity`] — workload identities: the SPIFFE ID of a service.
+//! - [`jwks`] — JWKS key sets fetched from a URL or through OIDC discovery
+//!   (end-user JWTs at the sidecar, operator tokens at control).
 //! - [`process`] — what every binary shares: settings parsing, telemetry,
 //!   the drain primitive and the admin HTTP loop.
 
 pub mod events;
 pub mod identity;
+pub mod jwks;
 pub mod policy;
 pub mod process;
 pub mod registry;

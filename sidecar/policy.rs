@@ -18,8 +18,6 @@
 //! can never forge them; the verified ones are then added.
 
 pub mod authz;
-pub mod fetch;
-pub mod jwks;
 pub mod jwt;
 pub mod path;
 pub mod rbac;
@@ -34,6 +32,7 @@ use http::request::Parts;
 use http::{HeaderName, HeaderValue, Uri};
 use tokio::sync::watch;
 
+use crate::mesh::jwks::JwksRegistry;
 use crate::mesh::policy::PolicyDoc;
 use crate::mesh::policy::ratelimit::from_policy_tables;
 use crate::mesh::policy::route::RouteTable;
@@ -45,7 +44,6 @@ use crate::sidecar::metrics::Metrics;
 use crate::sidecar::ratelimit::{RateLimitMetrics, RateLimiter, RedisBackend, RequestFacts};
 use crate::sidecar::shared::errors::ProxyError;
 use authz::Authz;
-use jwks::JwksRegistry;
 use jwt::JwtAuth;
 use rbac::Rbac;
 use roles::RoleLookup;

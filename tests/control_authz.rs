@@ -354,3 +354,47 @@ async fn replicas_share_redemptions_and_enforce_an_acl_change_within_a_second() 
     a.shutdown();
     b.shutdown();
 }
+
+#[tokio::test]
+async fn operators_from_an_oidc_issuer_act_with_the_roles_their_claim_lists() {
+    use support::policy::{JwksServer, RSA_PRIVATE, RSA2_PRIVATE, now, rs256, rsa_jwk};
+    let idp = JwksServer::start(serde_json::json!({ "keys": [rsa_jwk("k1")] })).await;
+    let control = control(Settings { operator_oidc_issuer: Some(idp.issuer_url.clone()), ..settings() }).await;
+    let token = |roles: &[&str], aud: &str, key: &str| {
+        let claims = serde_json::json!({
+            "iss": idp.issuer_url, "aud": aud, "sub": "alice@idp", "exp": now() + 600, "roles": roles,
+        });
+        rs256(&claims, Some("k1"), key)
+    };
+    let anon = anonymous_channel(&control).await;
+    let set = |token: String| {
+        let mut c = PolicyClient::new(as_operator(anon.clone(), &token));
+        async move { c.set(ppb::SetRequest { service: "orders".into(), toml: String::new() }).await }
+    };
+    // The keys arrive through discovery shortly after start.
+    let admin = token(&["policy-admin"], "redfire-control", RSA_PRIVATE);
+    let ok = eventually(Duration::from_secs(10), || {
+        let f = set(admin.clone());
+        async move { f.await.is_ok() }
+    })
+    .await;
+    assert!(ok, "an OIDC operator with policy-admin sets a policy");
+    assert!(idp.hits.load(std::sync::atomic::Ordering::SeqCst) >= 2, "discovery and JWKS fetched");
+
+    let e = set(token(&["events-admin"], "redfire-control", RSA_PRIVATE)).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(e.message().contains("operator \"alice@idp\""), "{}", e.message());
+    for (why, t) in [
+        ("signed by a key the issuer does not publish", token(&["policy-admin"], "redfire-control", RSA2_PRIVATE)),
+        ("for another audience", token(&["policy-admin"], "someone-else", RSA_PRIVATE)),
+        ("with no operator role", token(&["admin", "root"], "redfire-control", RSA_PRIVATE)),
+    ] {
+        let e = set(t).await.unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated, "{why}: {e:?}");
+    }
+    // Control's own operator tokens still work beside the issuer's.
+    PolicyClient::new(channel(&control).await)
+        .set(ppb::SetRequest { service: "orders".into(), toml: String::new() })
+        .await
+        .expect("control's own operator token");
+}

@@ -13,6 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use http::HeaderMap;
 use rustls_pki_types::CertificateDer;
 
+use crate::control::authz::oidc::OidcOperators;
 use crate::control::authz::token::{Bearer, BootstrapGrant, Operator, Verifier};
 pub use crate::mesh::identity::Workload;
 
@@ -77,13 +78,15 @@ pub struct BadCredential(pub String);
 #[derive(Debug)]
 pub struct Authenticator {
     verifier: Verifier,
+    oidc: Option<OidcOperators>,
     tokens: Mutex<HashMap<String, (u64, Caller)>>,
 }
 
 impl Authenticator {
-    /// Verifies tokens with `verifier`.
-    pub fn new(verifier: Verifier) -> Authenticator {
-        Authenticator { verifier, tokens: Mutex::default() }
+    /// Verifies control's own tokens with `verifier`, and operator tokens of
+    /// an OIDC issuer with `oidc`, if configured.
+    pub fn new(verifier: Verifier, oidc: Option<OidcOperators>) -> Authenticator {
+        Authenticator { verifier, oidc, tokens: Mutex::default() }
     }
 
     /// The caller of one call: the bearer token if there is one (a bad one
@@ -109,9 +112,18 @@ impl Authenticator {
                 return Ok(caller.clone());
             }
         }
-        let caller = match self.verifier.bearer(token).map_err(|e| BadCredential(format!("authorization: {e}")))? {
-            Bearer::Operator(o) => Caller::Operator(Arc::new(o)),
-            Bearer::Bootstrap(b) => Caller::Bootstrap(Arc::new(b)),
+        let caller = match (self.verifier.bearer(token), &self.oidc) {
+            (Ok(Bearer::Operator(o)), _) => Caller::Operator(Arc::new(o)),
+            (Ok(Bearer::Bootstrap(b)), _) => Caller::Bootstrap(Arc::new(b)),
+            (Err(own), None) => return Err(BadCredential(format!("authorization: {own}"))),
+            (Err(own), Some(oidc)) => match oidc.verify(token) {
+                Ok(o) => Caller::Operator(Arc::new(o)),
+                Err(e) => {
+                    return Err(BadCredential(format!(
+                        "authorization: not control's ({own}) nor the OIDC issuer's ({e})"
+                    )));
+                }
+            },
         };
         let exp = match &caller {
             Caller::Operator(o) => o.exp,

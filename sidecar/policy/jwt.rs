@@ -16,8 +16,8 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
-use super::jwks::{Jwks, JwksRegistry, REFETCH_EVERY, Source};
 use super::path;
+use crate::mesh::jwks::{Jwks, JwksRegistry, REFETCH_EVERY, Source};
 use crate::mesh::policy::jwt::{JwtPolicy, TokenSource};
 
 /// Largest token accepted, in bytes.

@@ -16,7 +16,7 @@ use arc_swap::ArcSwap;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{AlgorithmFamily, DecodingKey};
 
-use super::fetch;
+pub mod fetch;
 
 /// Shortest gap between two fetches triggered by unknown key ids.
 pub const REFETCH_EVERY: Duration = Duration::from_secs(30);
@@ -194,7 +194,7 @@ mod tests {
 
     /// A JWKS endpoint answering 200 with one key, or 503 while `down`.
     async fn endpoint(down: Arc<AtomicBool>) -> String {
-        let key = EncodingKey::from_rsa_pem(include_bytes!("../../tests/fixtures/jwt/rsa_private.pem")).unwrap();
+        let key = EncodingKey::from_rsa_pem(include_bytes!("../tests/fixtures/jwt/rsa_private.pem")).unwrap();
         let mut jwk =
             serde_json::to_value(jsonwebtoken::jwk::Jwk::from_encoding_key(&key, Algorithm::RS256).unwrap()).unwrap();
         jwk["kid"] = "k1".into();
