@@ -336,7 +336,7 @@ fn no_rule(path: &str) -> Denial {
 fn own_service_rule(operator: Option<&str>) -> String {
     match operator {
         Some(role) => format!("a workload acts only for its own service; operators need role {role}"),
-        None => "a workload reads only its own service's; operators may read any".into(),
+        None => "a workload reads only its own service's policy; operators may read any".into(),
     }
 }
 
