@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::{Args, Parser};
 use serde::Deserialize;
 
+use crate::control::authz::oidc::OperatorOidc;
 use crate::control::events::service::EventLimits;
 use crate::control::events::store::EventSettings;
 use crate::control::identity::ca::{CaConfig, RootSource, SanName};
@@ -275,17 +276,6 @@ pub struct Config {
     pub dev_insecure_control: bool,
     /// Operators from an OIDC issuer, if configured.
     pub operator_oidc: Option<OperatorOidc>,
-}
-
-/// An OIDC issuer whose tokens are operator tokens.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OperatorOidc {
-    /// Its URL (`iss`; discovery at `<issuer>/.well-known/openid-configuration`).
-    pub issuer: String,
-    /// The `aud` its tokens must carry for control.
-    pub audience: String,
-    /// The claim listing operator roles (a string or an array of strings).
-    pub roles_claim: String,
 }
 
 impl Default for Config {

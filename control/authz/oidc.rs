@@ -16,11 +16,21 @@ use jsonwebtoken::{Algorithm, Validation};
 use serde_json::Value;
 
 use crate::control::authz::token::{Operator, ROLES};
-use crate::control::config::OperatorOidc;
 use crate::mesh::jwks::{Jwks, JwksRegistry, REFETCH_EVERY, Source};
 
 /// How often the issuer's keys are refreshed.
 const REFRESH: Duration = Duration::from_secs(300);
+
+/// An OIDC issuer whose tokens are operator tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorOidc {
+    /// Its URL (`iss`; discovery at `<issuer>/.well-known/openid-configuration`).
+    pub issuer: String,
+    /// The `aud` its tokens must carry for control.
+    pub audience: String,
+    /// The claim listing operator roles (a string or an array of strings).
+    pub roles_claim: String,
+}
 
 /// See the module docs.
 #[derive(Debug)]
