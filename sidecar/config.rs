@@ -70,6 +70,9 @@ pub struct Settings {
     /// Bootstrap token from `redfire-control token create` [required]
     #[arg(long, env = "REDFIRE_BOOTSTRAP_TOKEN", hide_env_values = true)]
     pub bootstrap_token: Option<String>,
+    /// Where the sidecar keeps its private key across restarts (PEM, created with mode 0600), so a restarted sidecar may bring its one-use bootstrap token back [default: none: a new key at every start]
+    #[arg(long, env = "REDFIRE_IDENTITY_KEY_FILE")]
+    pub identity_key_file: Option<String>,
     /// Instance id in the registry [default: <service>-<pid>]
     #[arg(long, env = "REDFIRE_INSTANCE_ID")]
     pub instance_id: Option<String>,
@@ -258,6 +261,8 @@ pub struct Config {
     pub trust_domain: String,
     /// Bootstrap token.
     pub bootstrap_token: String,
+    /// Where the private key is kept across restarts, if anywhere.
+    pub identity_key_file: Option<PathBuf>,
     /// Registry instance id.
     pub instance_id: String,
     /// Inbound listen address.
@@ -324,6 +329,7 @@ impl Settings {
             namespace,
             trust_domain,
             bootstrap_token,
+            identity_key_file,
             instance_id,
             inbound_addr,
             advertise_address,
@@ -504,6 +510,7 @@ impl Config {
             namespace,
             trust_domain: s.trust_domain.unwrap_or_else(|| "redfire.local".into()),
             bootstrap_token,
+            identity_key_file: s.identity_key_file.filter(|f| !f.is_empty()).map(PathBuf::from),
             inbound_addr: addr("inbound_addr", s.inbound_addr, "0.0.0.0:15006")?,
             advertise_address: s.advertise_address.unwrap_or_else(|| "127.0.0.1".into()),
             outbound_addr: addr("outbound_addr", s.outbound_addr, "127.0.0.1:15001")?,

@@ -178,9 +178,10 @@ impl Sidecar {
         };
         limits.metrics.register(metrics.registry_mut());
         let metrics = Arc::new(metrics);
+        let mut identity_config = IdentityConfig::new(config.control.clone(), config.bootstrap_token.clone());
+        identity_config.key_file = config.identity_key_file.clone();
         let (creds, identity_task) =
-            identity::spawn(IdentityConfig::new(config.control.clone(), config.bootstrap_token.clone()))
-                .map_err(|e| SidecarError::Start(e.to_string()))?;
+            identity::spawn(identity_config).map_err(|e| SidecarError::Start(e.to_string()))?;
         // One channel to control for the watch streams (discovery, policy,
         // the hub's event streams), one with a call timeout for the
         // registration; both present the workload certificate.

@@ -149,3 +149,44 @@ async fn certificate_rotation_under_load_loses_no_request() {
     assert_ne!(client_after, client_cert, "the caller's certificate was renewed during the run");
     assert_ne!(server_after, server_cert, "the server's certificate was renewed during the run");
 }
+
+#[tokio::test]
+async fn a_restarted_sidecar_brings_its_one_use_token_back_with_its_kept_key() {
+    let ctl = control(settings()).await;
+    let tok = ctl.bootstrap_token("default", "orders").unwrap();
+    let target = ControlTarget::new(ctl.grpc_url(), Some(ctl.trust_bundle_pem.clone())).unwrap();
+    let dir = std::env::temp_dir().join(format!("redfire-key-{}-{}", std::process::id(), free_port()));
+    let key_file = dir.join("key.pem");
+    let start = |key_file: Option<std::path::PathBuf>| {
+        let mut config = IdentityConfig::new(target.clone(), tok.clone());
+        config.max_backoff = Duration::from_millis(200);
+        config.key_file = key_file;
+        identity::spawn(config).unwrap()
+    };
+
+    // First start: a key is created (0600) and the token certifies it.
+    let (mut rx, task) = start(Some(key_file.clone()));
+    wait_for(&mut rx, Duration::from_secs(5), "first certificate", |rx| rx.borrow().is_some()).await;
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777, 0o600);
+    task.abort();
+
+    // Restarted with the same key file: the same token works again.
+    let (mut rx, task) = start(Some(key_file.clone()));
+    wait_for(&mut rx, Duration::from_secs(5), "certificate after a restart", |rx| rx.borrow().is_some()).await;
+    task.abort();
+
+    // Restarted without it (a new key): the spent token is refused.
+    let (rx, task) = start(None);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(rx.borrow().is_none(), "a new key with a spent one-use token gets no certificate");
+    task.abort();
+
+    // A key file that is not a key is a start error naming the setting.
+    std::fs::write(&key_file, "not a key").unwrap();
+    let mut config = IdentityConfig::new(target.clone(), tok.clone());
+    config.key_file = Some(key_file.clone());
+    let e = identity::spawn(config).unwrap_err().to_string();
+    assert!(e.starts_with("identity_key_file:") && e.contains("not a PEM private key"), "{e}");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -1,8 +1,11 @@
 //! The sidecar's workload identity: its own key pair and a certificate for
 //! its SPIFFE ID from control's CA (`redfire.identity.v1`).
 //!
-//! The key is generated here and never leaves the process. The first
-//! certificate is obtained with a bootstrap token; afterwards the sidecar
+//! The key is generated here and never leaves the process (or, with
+//! `identity_key_file`, the file it is kept in across restarts: a bootstrap
+//! token certifies one key, so a restarted sidecar can bring its token back
+//! only with the same key). The first certificate is obtained with a
+//! bootstrap token; afterwards the sidecar
 //! renews at 70 % of the certificate's lifetime, authenticating with the
 //! current certificate. While renewal fails it keeps serving on the current
 //! certificate and retries with jittered backoff; once that certificate has
@@ -40,6 +43,8 @@ pub struct IdentityConfig {
     pub renew_at: f64,
     /// Longest wait between retries of a failed issuance.
     pub max_backoff: Duration,
+    /// Where the key is kept across restarts (`None`: a new key each start).
+    pub key_file: Option<std::path::PathBuf>,
 }
 
 impl IdentityConfig {
@@ -51,6 +56,7 @@ impl IdentityConfig {
             lifetime: None,
             renew_at: 0.7,
             max_backoff: Duration::from_secs(10),
+            key_file: None,
         }
     }
 }
@@ -70,11 +76,17 @@ pub enum IdentityError {
     /// Key or CSR generation failed.
     #[error("identity: {0}")]
     Key(#[from] rcgen::Error),
+    /// The key file could not be read or written.
+    #[error("identity_key_file: {0}")]
+    KeyFile(String),
 }
 
 /// Starts the issuance and renewal task.
 pub fn spawn(config: IdentityConfig) -> Result<(CredentialsRx, tokio::task::JoinHandle<()>), IdentityError> {
-    let key = KeyPair::generate()?;
+    let key = match &config.key_file {
+        Some(path) => load_or_create_key(path)?,
+        None => KeyPair::generate()?,
+    };
     let endpoint = config
         .control
         .endpoint()
@@ -181,6 +193,39 @@ impl Credentials {
         }
         Ok(Credentials { chain, chain_pem, key, roots, spiffe_id, not_before, not_after, received: SystemTime::now() })
     }
+}
+
+/// The key kept at `path`, or a new one written there first (mode 0600,
+/// atomically: a temporary file renamed into place).
+fn load_or_create_key(path: &std::path::Path) -> Result<KeyPair, IdentityError> {
+    let fail =
+        |what: &str, e: &dyn std::fmt::Display| IdentityError::KeyFile(format!("{}: {what}: {e}", path.display()));
+    match std::fs::read_to_string(path) {
+        Ok(pem) => return KeyPair::from_pem(&pem).map_err(|e| fail("not a PEM private key", &e)),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(fail("read", &e)),
+        Err(_) => {}
+    }
+    let key = KeyPair::generate()?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| fail("create its directory", &e))?;
+    }
+    let tmp = path.with_extension(format!("tmp-{:x}", fastrand::u64(..)));
+    let written = {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(key.serialize_pem().as_bytes()).and_then(|()| f.sync_all()))
+            .and_then(|()| std::fs::rename(&tmp, path))
+    };
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(fail("write", &e));
+    }
+    Ok(key)
 }
 
 /// Full-jitter exponential backoff: 100 ms × 2^n, capped.
