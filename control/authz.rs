@@ -60,7 +60,7 @@ impl Admitted {
 
 /// A refusal before it is counted.
 #[derive(Debug)]
-pub struct Denial {
+struct Denial {
     code: Code,
     reason: &'static str,
     message: String,

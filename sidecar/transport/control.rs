@@ -1,8 +1,9 @@
 //! The sidecar's connection to control: where control is and which roots its
-//! certificate must chain to ([`ControlTarget`]), and the one channel every
-//! client of control in the sidecar shares (registration, discovery, policy,
-//! the gateway hub's event streams), which presents the sidecar's workload
-//! certificate: control authorizes those calls by it. Each new connection
+//! certificate must chain to ([`ControlTarget`]), and the channels the
+//! sidecar's clients of control use (one shared by discovery, policy and the
+//! gateway hub's event streams; one with a call timeout for registration),
+//! which present the sidecar's workload certificate: control authorizes
+//! those calls by it. Each new connection
 //! takes the certificate current at that moment (and waits for the first
 //! one), so rotation needs nothing more. Control's gRPC API is TLS by
 //! default; plaintext (`http://`) needs `dev_insecure_control` and is for
