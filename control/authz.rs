@@ -235,27 +235,27 @@ impl Authz {
         Ok(())
     }
 
-    /// For `IssueCertificate`: a workload calling with its certificate may
-    /// obtain only its own identity.
-    pub fn identity(&self, call: Option<&Admitted>, spiffe_id: &str) -> Result<(), Status> {
-        self.decide(call, |a| match &a.caller {
-            Caller::Workload(w) if w.spiffe_id != spiffe_id => Err(Denial {
+    /// For `IssueCertificate`: the credential grants `spiffe_id`; the CSR
+    /// may name no identity or exactly that one (`requested`: the names it
+    /// asks for), and a workload calling with its certificate may obtain
+    /// only its own identity.
+    pub fn identity(&self, call: Option<&Admitted>, spiffe_id: &str, requested: &[String]) -> Result<(), Status> {
+        self.decide(call, |a| {
+            let refuse = |what: String| Denial {
                 code: Code::PermissionDenied,
                 reason: "other_service",
-                message: format!(
-                    "IssueCertificate: {} may not obtain a certificate for {spiffe_id}: rule: a workload signs only its own identity",
-                    a.caller.describe()
-                ),
-            }),
-            _ => Ok(()),
+                message: format!("IssueCertificate: {what}: rule: a workload signs only a CSR for its own identity"),
+            };
+            if let Some(other) = requested.iter().find(|n| *n != spiffe_id) {
+                return Err(refuse(format!("the CSR asks for {other} but the credential grants {spiffe_id}")));
+            }
+            match &a.caller {
+                Caller::Workload(w) if w.spiffe_id != spiffe_id => {
+                    Err(refuse(format!("{} may not obtain a certificate for {spiffe_id}", a.caller.describe())))
+                }
+                _ => Ok(()),
+            }
         })
-    }
-
-    /// Counts and logs a refusal found by a service (e.g. a CSR naming an
-    /// identity the credential does not grant).
-    pub fn refused(&self, admitted: Option<&Admitted>, reason: &'static str, message: String) -> Status {
-        let caller = admitted.map(|a| a.caller.clone()).unwrap_or(Caller::Anonymous);
-        self.refuse(admitted.map(|a| a.rule), &caller, Denial { code: Code::PermissionDenied, reason, message })
     }
 
     fn decide(&self, call: Option<&Admitted>, f: impl FnOnce(&Admitted) -> Result<(), Denial>) -> Result<(), Status> {

@@ -74,20 +74,17 @@ impl IdentityService {
             s if s < 10 => return Err(Status::invalid_argument(format!("lifetime_s: {s} is under 10"))),
             s => Duration::from_secs(u64::from(s)),
         };
-        // The CSR may name no identity (the credential decides) or exactly
-        // the one the credential grants.
-        for san in &csr.params.subject_alt_names {
-            if !matches!(san, rcgen::SanType::URI(u) if u.as_str() == spiffe_id) {
-                return Err(self.authz.refused(
-                    Admitted::of(&request),
-                    "other_service",
-                    format!(
-                        "IssueCertificate: the CSR asks for {san:?} but the credential grants {spiffe_id}: rule: a workload signs only a CSR for its own identity"
-                    ),
-                ));
-            }
-        }
-        self.authz.identity(Admitted::of(&request), &spiffe_id)?;
+        // Every name the CSR asks for (a non-URI name is never granted).
+        let requested: Vec<String> = csr
+            .params
+            .subject_alt_names
+            .iter()
+            .map(|san| match san {
+                rcgen::SanType::URI(u) => u.as_str().to_string(),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        self.authz.identity(Admitted::of(&request), &spiffe_id, &requested)?;
         if let Some(grant) = &grant {
             let key = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, csr.public_key.der_bytes());
             let fingerprint: String = key.as_ref().iter().map(|b| format!("{b:02x}")).collect();

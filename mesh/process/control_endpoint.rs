@@ -18,9 +18,15 @@ pub fn endpoint(url: &str, trust_bundle: Option<&str>) -> Result<Endpoint, Strin
     if !pem.contains("-----BEGIN CERTIFICATE-----") {
         return Err("control_ca_file: no PEM certificate in the trust bundle".into());
     }
-    let host = ep.uri().host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_string();
+    let host = server_name(ep.uri()).to_string();
     let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)).domain_name(host);
     ep.tls_config(tls).map_err(|e| format!("control_addr: {e}"))
+}
+
+/// The name control's certificate is checked against: the URL's host, an
+/// IPv6 address without its brackets.
+pub fn server_name(uri: &http::Uri) -> &str {
+    uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']')
 }
 
 /// Adds `authorization: Bearer <token>` to every call: how an operator's

@@ -82,7 +82,7 @@ pub fn channel(target: &ControlTarget, creds: &CredentialsRx, timeout: Option<Du
     }
     let https = Endpoint::from_shared(target.url.clone()).map_err(|e| format!("control_addr: {e}"))?;
     let uri = https.uri().clone();
-    let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_string();
+    let host = control_endpoint::server_name(&uri).to_string();
     let port = uri.port_u16().unwrap_or(443);
     let server_name = ServerName::try_from(host.clone()).map_err(|e| format!("control_addr: {host}: {e}"))?;
     let mut roots = RootCertStore::empty();
